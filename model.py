@@ -1,0 +1,173 @@
+"""
+A compact LLaMA: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention.
+
+    from model import LLaMA, PRESETS
+    model = LLaMA(PRESETS["tiny"])
+    logits, loss = model(idx, targets)   # idx, targets: (B, T) int64
+
+Module names follow Hugging Face's LlamaForCausalLM (q_proj ... down_proj, embed_tokens, lm_head),
+so per-layer reports read like the paper and weights map onto HF checkpoints one to one.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 128                 # width of the residual stream
+    n_layers: int = 5              # transformer blocks
+    n_heads: int = 4               # query heads; head_dim = dim // n_heads
+    n_kv_heads: int = 2            # key/value heads (GQA); n_heads for plain multi-head attention
+    ffn_dim: int = 0               # SwiGLU hidden size; 0 = 8/3 * dim rounded up to multiple_of
+    multiple_of: int = 32          # rounding for the default ffn_dim
+    vocab_size: int = 320          # padded up to a multiple of 64 (the byte tokenizer has 257)
+    max_seq_len: int = 256         # length of the RoPE tables
+    norm_eps: float = 1e-6         # RMSNorm epsilon, as in the paper
+    rope_theta: float = 10000.0    # RoPE base
+    tie_embeddings: bool = False   # share embed_tokens and lm_head (the paper does not)
+
+    def __post_init__(self):
+        if self.ffn_dim == 0:
+            hidden = int(8 * self.dim / 3)
+            self.ffn_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim={self.dim} must divide by n_heads={self.n_heads}, and n_heads by n_kv_heads={self.n_kv_heads}")
+
+
+def pad_vocab(n, multiple=64):
+    return multiple * math.ceil(n / multiple)
+
+
+# the paper's sizes (SPEC.md 1.4): head_dim 64, GPT-2 vocabulary 50257 padded to 50304
+PRESETS = {
+    "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
+    "llama60m": ModelConfig(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, ffn_dim=1512, vocab_size=50304, max_seq_len=1024),
+    "llama135m": ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048, vocab_size=50304, max_seq_len=1024),
+    "llama350m": ModelConfig(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2736, vocab_size=50304, max_seq_len=1024),
+    "llama1b": ModelConfig(dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, ffn_dim=5461, vocab_size=50304, max_seq_len=1024),
+}
+
+# ---- building blocks ----
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 even under bf16 autocast: the mean of squares is precision sensitive
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_tables(head_dim, seq_len, theta):
+    """cos/sin of angle t * theta^(-2i/head_dim), each (seq_len, head_dim/2): real numbers, no complex dtype."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(seq_len).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, nh, T, hs). rotate each (first half, second half) pair by its angle, as HF's rotate_half does
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)  # pre-norm residual blocks
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---- the model ----
+
+
+class LLaMA(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # recomputed, never checkpointed
+        self.register_buffer("rope_sin", sin, persistent=False)
+        for m in self.modules():  # N(0, 0.02) everywhere, as the paper
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        assert T <= self.cfg.max_seq_len, f"sequence length {T} > max_seq_len {self.cfg.max_seq_len}"
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed_tokens(idx)  # (B, T, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed_tokens.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
+        cfg = self.cfg
+        n = self.num_params(non_embedding=True)  # the embedding lookup is no matmul
+        return 6 * n + 12 * cfg.n_layers * cfg.dim * seq_len
+
+    def estimate_mfu(self, tokens_per_sec, seq_len, peak_flops):
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
+        return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops

@@ -1,0 +1,526 @@
+"""
+Train a LLaMA on CPU, one GPU, or many GPUs, with a uniform learning rate or with LLR.
+
+    python train.py                                   # CPU demo: tiny model, embedded corpus
+    python train.py --llr                             # the same with layerwise learning rates
+    python train.py --preset=llama60m --data=data/fineweb10B --device=cuda
+    torchrun --standalone --nproc_per_node=8 train.py --preset=llama60m --data=data/fineweb10B --llr
+"""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import tiktoken
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from llr import LLR, LLRConfig, Muon, layer_table, param_groups
+from model import LLaMA, PRESETS, pad_vocab
+
+# ---- data: tokenizers and llm.c token shards ----
+
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = "<|endoftext|>"
+
+
+def get_tokenizer(name):
+    """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
+    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
+        ranks = {bytes([i]): i for i in range(256)}
+        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
+    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
+        from tiktoken.load import load_tiktoken_bpe
+        ranks = load_tiktoken_bpe(name)
+        stem = os.path.basename(name)[: -len(".tiktoken")]
+        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+    return tiktoken.get_encoding(name)
+
+
+def write_shard(path, tokens):
+    """llm.c format: 256 int32 header (magic, version, count), then uint16 tokens. Atomic: temp + rename."""
+    tokens = np.asarray(tokens)
+    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), "tokens must fit in uint16"
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.uint16).tobytes())
+    os.replace(tmp, path)
+
+
+def read_shard(path):
+    """Memory-map a shard's tokens, checking its header against its size."""
+    size = os.path.getsize(path)
+    if size < 4 * HEADER_INTS:
+        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {4 * HEADER_INTS} bytes)")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != SHARD_MAGIC:
+        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
+    if header[1] != SHARD_VERSION:
+        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
+    n = int(header[2])
+    if size != 4 * HEADER_INTS + 2 * n:
+        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
+
+
+def write_meta(data_dir, enc):
+    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
+    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+    tmp = os.path.join(data_dir, "meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, os.path.join(data_dir, "meta.json"))
+
+
+def read_meta(data_dir):
+    """The tokenizer record beside the shards; plain llm.c shards without one are GPT-2."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
+    with open(path) as f:
+        return json.load(f)
+
+
+def list_shards(data_dir, split):
+    """Shards of a split, e.g. fineweb_val_000000.bin / fineweb_train_000001.bin, in order."""
+    return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
+
+
+def build_embedded_corpus(data_dir):
+    """Python's own documentation (pydoc_data ships with CPython) as byte tokens: works offline anywhere."""
+    if list_shards(data_dir, "train"):
+        return
+    import shutil
+    import tempfile
+    from pydoc_data.topics import topics
+    enc = get_tokenizer("bytes")
+    docs = [topics[k] for k in sorted(topics)]
+    split = {"val": [], "train": []}
+    for i, doc in enumerate(docs):  # every 10th document is validation
+        split["val" if i % 10 == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent)  # built aside, then renamed: concurrent runs never see half a corpus
+    write_shard(os.path.join(tmp, "pydoc_val_000000.bin"), split["val"])
+    write_shard(os.path.join(tmp, "pydoc_train_000001.bin"), split["train"])
+    write_meta(tmp, enc)
+    os.chmod(tmp, 0o755)
+    try:
+        os.rename(tmp, data_dir)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp)
+
+
+class Loader:
+    """Sequential batches from a split's shards. Rank r reads the r-th B*T slice of every world*B*T window,
+    so one process with k accumulation steps sees exactly what k processes see in one step."""
+
+    def __init__(self, files, B, T, rank=0, world=1):
+        self.files, self.B, self.T, self.rank, self.world = files, B, T, rank, world
+        self.shard, self.pos = 0, 0  # pos: start of the current window, the same on every rank
+        self.tokens = read_shard(files[0])
+
+    def next_batch(self):
+        B, T = self.B, self.T
+        if self.pos + self.world * B * T + 1 > len(self.tokens):  # window would run off the shard
+            self.shard, self.pos = (self.shard + 1) % len(self.files), 0
+            self.tokens = read_shard(self.files[self.shard])
+            if self.world * B * T + 1 > len(self.tokens):
+                raise ValueError(f"{self.files[self.shard]} holds {len(self.tokens)} tokens, fewer than one step needs "
+                                 f"({self.world * B * T + 1}); lower --batch_size or --seq_len")
+        start = self.pos + self.rank * B * T
+        buf = torch.from_numpy(self.tokens[start : start + B * T + 1].astype(np.int64))
+        self.pos += self.world * B * T
+        return buf[:-1].view(B, T), buf[1:].view(B, T)
+
+    def state_dict(self):
+        return {"shard": self.shard, "pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.shard, self.pos = state["shard"], state["pos"]
+        self.tokens = read_shard(self.files[self.shard])
+
+# ---- config and command line ----
+
+
+class UsageError(ValueError):
+    """A problem the user fixes by changing a flag or a file: one line, exit status 2."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"              # model size: a key of model.PRESETS
+    data: str = ""                    # directory of token shards; empty = the embedded pydoc corpus
+    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr]
+    device: str = "auto"              # auto | cpu | cuda
+    seed: int = 1337                  # model init
+    max_steps: int = 300              # length of the schedule
+    batch_size: int = 16              # sequences per micro-batch, per process
+    seq_len: int = 256                # tokens per sequence
+    total_batch_tokens: int = 0       # tokens per optimizer step; 0 = one micro-batch on every process
+    lr: float = 3e-3                  # AdamW peak learning rate
+    min_lr_ratio: float = 0.1         # cosine decays to min_lr_ratio * lr
+    warmup_steps: int = -1            # linear warmup; -1 = 10% of max_steps
+    weight_decay: float = 0.1         # decoupled, on 2-D weights only
+    grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
+    eval_interval: int = 100          # evaluate and checkpoint every this many steps (and at the end)
+    eval_steps: int = 10              # validation batches per evaluation
+    log_interval: int = 10            # console line every this many steps
+    resume: bool = False              # continue from out_dir/ckpt.pt
+    stop_after: int = 0               # end after this many steps of this invocation, with a checkpoint; 0 = run to max_steps
+    compile: bool = False             # torch.compile the model
+    dtype: str = "auto"               # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
+    optimizer: str = "adamw"          # adamw | muon (hidden matrices on Muon, the rest on AdamW)
+    muon_lr: float = 0.02             # Muon peak learning rate
+    muon_adjust_lr: str = "original"  # Muon step-size rule: original | match_rms_adamw
+    llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
+    llr_config: LLRConfig = field(default_factory=LLRConfig)  # set as --llr_<field>=value
+
+
+NESTED = {"llr": "llr_config"}  # --llr_interval=40 sets cfg.llr_config.interval
+CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
+           "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"), "preset": tuple(PRESETS)}
+
+
+def coerce(key, value, typ):
+    """A command-line string to the field's type; bare --flag means True."""
+    if typ is bool:
+        if value is None or value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise UsageError(f"--{key} takes true or false, got {value!r}")
+    if value is None:
+        raise UsageError(f"--{key} needs a value: --{key}=<{typ.__name__}>")
+    try:
+        return typ(value)
+    except ValueError:
+        raise UsageError(f"--{key}={value} is not a valid {typ.__name__}") from None
+
+
+def parse_args(argv):
+    cfg = TrainConfig()
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name not in NESTED.values()}
+    for prefix, attr in NESTED.items():
+        for f in dataclasses.fields(getattr(cfg, attr)):
+            fields[f"{prefix}_{f.name}"] = f.type
+    nested = {attr: {} for attr in NESTED.values()}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: use --key=value")
+        key, _, value = arg[2:].partition("=")
+        value = value if "=" in arg else None
+        if key not in fields:
+            raise UsageError(f"unknown option --{key}; valid options: {', '.join('--' + k for k in fields)}")
+        typ = {"bool": bool, "int": int, "float": float, "str": str}.get(fields[key], fields[key])
+        v = coerce(key, value, typ)
+        prefix = key.split("_")[0]
+        if prefix in NESTED and key != prefix:
+            nested[NESTED[prefix]][key[len(prefix) + 1 :]] = v
+        else:
+            setattr(cfg, key, v)
+    for attr, kw in nested.items():  # rebuilt so the nested config validates its own values
+        try:
+            setattr(cfg, attr, dataclasses.replace(getattr(cfg, attr), **kw))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return cfg
+
+
+def check_config(cfg):
+    """Reject bad values early with a message naming the key and what is allowed."""
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise UsageError(f"--{key}={getattr(cfg, key)} is not allowed; choose one of {', '.join(allowed)}")
+    for key in ("max_steps", "batch_size", "seq_len", "eval_steps", "log_interval"):
+        if getattr(cfg, key) <= 0:
+            raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after"):
+        if getattr(cfg, key) < 0:
+            raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
+    if not (cfg.lr > 0 and cfg.muon_lr > 0):
+        raise UsageError("--lr and --muon_lr must be positive")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise UsageError(f"--min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.warmup_steps >= cfg.max_steps:
+        raise UsageError(f"--warmup_steps={cfg.warmup_steps} must be smaller than --max_steps={cfg.max_steps}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device=cuda but no CUDA device is available; use --device=cpu")
+    if cfg.data and not os.path.isdir(cfg.data):
+        raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py or leave --data out")
+
+
+# ---- distributed, schedule, checkpoints ----
+
+
+def compute_init(cfg):
+    """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
+    rank, world, local = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def compute_cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lr_mult(step, cfg, warmup):
+    """Linear warmup to 1, then cosine to min_lr_ratio; every group's lr is peak * this * lr_scale."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.max_steps - warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizers(model, cfg, fused):
+    """One param group per tensor (param_groups) so layerwise multipliers can act on each matrix."""
+    groups = param_groups(model, cfg.weight_decay)
+    hidden = lambda g: g["params"][0].ndim == 2 and not g["name"].startswith(("embed_tokens", "lm_head"))
+    muon = [g for g in groups if hidden(g)] if cfg.optimizer == "muon" else []
+    adamw = [g for g in groups if not (cfg.optimizer == "muon" and hidden(g))]
+    covered = [id(p) for g in muon + adamw for p in g["params"]]
+    assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in exactly one group"
+    opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(0.9, 0.95), fused=fused), cfg.lr)]
+    if muon:
+        opts.append((Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr=cfg.muon_adjust_lr), cfg.muon_lr))
+    return opts  # (optimizer, its peak lr)
+
+
+def save_checkpoint(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken ckpt.pt
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# settings that must match between a checkpoint and the run that resumes it
+RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir")
+
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+# ---- the training loop ----
+
+
+def train(cfg):
+    check_config(cfg)
+    rank, world, device = compute_init(cfg)
+    master = rank == 0
+    print0 = lambda *a: master and print(*a, flush=True)
+    torch.manual_seed(cfg.seed)
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else cfg.max_steps // 10
+    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr)
+    cfg = dataclasses.replace(cfg, out_dir=out_dir, warmup_steps=warmup)  # resolved, as logged and checkpointed
+    ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
+    if cfg.resume and not os.path.exists(ckpt_path):
+        raise UsageError(f"--resume but {ckpt_path} does not exist; drop --resume to start a new run")
+    if not cfg.resume and (os.path.exists(ckpt_path) or os.path.exists(metrics_path)):
+        raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it, or another --out_dir")
+
+    # data: shards of the given directory, or the embedded corpus built once under data/
+    data_dir = cfg.data or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pydoc")
+    if not cfg.data:
+        build_embedded_corpus(data_dir)
+    meta = read_meta(data_dir)
+    train_files, val_files = list_shards(data_dir, "train"), list_shards(data_dir, "val")
+    if not (train_files and val_files):
+        raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; make them with prepare_fineweb.py")
+    B, T = cfg.batch_size, cfg.seq_len
+    per_step = B * T * world
+    total = cfg.total_batch_tokens or per_step
+    if total % per_step:
+        raise UsageError(f"--total_batch_tokens={total} must be a multiple of batch_size*seq_len*processes={per_step}")
+    accum = total // per_step  # gradient accumulation steps
+    try:
+        train_loader = Loader(train_files, B, T, rank, world)
+        Loader(val_files, B, T, rank, world).next_batch()  # fail now, not at the first evaluation
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    # model and optimizers; `model` is the bare module that checkpoints and LLR see
+    mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
+    model = LLaMA(mcfg).to(device)
+    optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
+    controller = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config) if cfg.llr else None
+    step = 0
+    if cfg.resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved, now = ckpt["config"], dataclasses.asdict(cfg)
+        diff = [f"--{k}={saved.get(k)} (now {v})" for k, v in now.items() if k not in RUN_ONLY and saved.get(k) != v]
+        if diff or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+            raise UsageError(f"{ckpt_path} was trained with other settings: {', '.join(diff) or 'tokenizer ' + ckpt['meta']['tokenizer']}; pass the same ones")
+        model.load_state_dict(ckpt["model"])
+        for (opt, _), state in zip(optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(state)
+        if controller:
+            controller.load_state_dict(ckpt["llr"])
+        train_loader.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+        del ckpt
+    fwd = torch.compile(model) if cfg.compile else model
+    if world > 1:
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
+    flops_peak = peak_flops(device)
+
+    mlog = None
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        mlog = open(metrics_path, "a" if cfg.resume else "w")
+        versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
+        mlog.write(json.dumps({"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "versions": versions,
+                               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                               "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}) + "\n")
+    log = lambda rec: mlog and (mlog.write(json.dumps(rec) + "\n"), mlog.flush())
+    print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' if cfg.llr else ''} | {device} x{world} | "
+           f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
+
+    def evaluate():
+        model.eval()
+        loader, loss = Loader(val_files, B, T, rank, world), torch.zeros((), device=device)
+        with torch.no_grad():
+            for _ in range(cfg.eval_steps):
+                x, y = loader.next_batch()
+                with amp:
+                    loss += fwd(x.to(device), y.to(device))[1].float() / cfg.eval_steps
+        model.train()
+        if world > 1:
+            dist.all_reduce(loss)
+        return loss.item() / world
+
+    # SIGTERM (preemption) and SIGINT (Ctrl-C) finish the step, write a checkpoint and exit
+    stop_signal, old_handlers = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[s] = signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+    start, stopping, train_time, val_loss, loss_val = step, False, 0.0, None, None
+    try:
+        while True:
+            done = step == cfg.max_steps or stopping or (cfg.stop_after and step - start == cfg.stop_after)
+            if step == cfg.max_steps or (cfg.eval_interval and step % cfg.eval_interval == 0 and not (cfg.resume and step == start)):
+                val_loss = evaluate()
+                print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}")
+                log({"step": step, "val_loss": val_loss})
+            if master and step > start and (done or (cfg.eval_interval and step % cfg.eval_interval == 0)):
+                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o, _ in optimizers],
+                                            "llr": controller.state_dict() if controller else None, "loader": train_loader.state_dict(),
+                                            "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta})
+            if done:
+                break
+
+            t0 = time.perf_counter()
+            if controller:  # layerwise multipliers into group['lr_scale'] (recomputed every llr_interval steps)
+                info = controller.step(step)
+                if info:
+                    log({"step": step, **info})
+                    print0(layer_table(info["alphas"], info["multipliers"]))
+            mult = lr_mult(step, cfg, warmup)
+            for opt, peak in optimizers:  # the one place where learning rates are set
+                for group in opt.param_groups:
+                    group["lr"] = peak * mult * group.get("lr_scale", 1.0)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                x, y = train_loader.next_batch()
+                if world > 1:  # all-reduce gradients only on the last micro-batch
+                    fwd.require_backward_grad_sync = micro == accum - 1
+                with amp:
+                    loss = fwd(x.to(device, non_blocking=True), y.to(device, non_blocking=True))[1] / accum
+                loss_sum += loss.detach().float()
+                loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            # one collective a step: the mean loss over processes, and whether any of them was signalled
+            red = torch.stack([loss_sum, norm.float(), torch.tensor(float(bool(stop_signal)), device=device)])
+            if world > 1:
+                dist.all_reduce(red)
+            loss_val, norm_val, stopping = red[0].item() / world, red[1].item() / world, red[2].item() > 0
+            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
+                                         f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
+            for opt, _ in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            train_time += dt
+            step += 1
+            lr0 = optimizers[0][0].param_groups[0]["lr"] / optimizers[0][0].param_groups[0].get("lr_scale", 1.0)
+            log({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
+                print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
+                       f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if mlog:
+            mlog.close()
+        compute_cleanup()
+
+    llr_time = controller.seconds if controller else 0.0
+    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time,
+               "llr_seconds": llr_time, "llr_fraction": llr_time / max(train_time, 1e-9), "out_dir": out_dir,
+               "interrupted": stop_signal[0] if stop_signal else None, "model": model}
+    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, {train_time:.1f}s training"
+           + (f", LLR {llr_time:.2f}s ({100 * summary['llr_fraction']:.1f}% of it)" if controller else "") + f"; checkpoint in {out_dir}")
+    return summary
+
+
+def main(argv=None):
+    try:
+        return_code = 0
+        summary = train(parse_args(sys.argv[1:] if argv is None else argv))
+        if summary["interrupted"]:  # the shell's convention for death by signal
+            return_code = 128 + summary["interrupted"]
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return_code = 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return_code = 1
+    return return_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
