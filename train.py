@@ -169,7 +169,7 @@ class TrainConfig:
     out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr]
     device: str = "auto"              # auto | cpu | cuda
     seed: int = 1337                  # model init
-    max_steps: int = 300              # length of the schedule
+    max_steps: int = 600              # length of the schedule
     batch_size: int = 16              # sequences per micro-batch, per process
     seq_len: int = 256                # tokens per sequence
     total_batch_tokens: int = 0       # tokens per optimizer step; 0 = one micro-batch on every process
@@ -380,7 +380,7 @@ def train(cfg):
     mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
     model = LLaMA(mcfg).to(device)
     optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
-    controller = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config) if cfg.llr else None
+    controllers = {"llr": LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)} if cfg.llr else {}
     step = 0
     if cfg.resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -391,8 +391,8 @@ def train(cfg):
         model.load_state_dict(ckpt["model"])
         for (opt, _), state in zip(optimizers, ckpt["optimizers"]):
             opt.load_state_dict(state)
-        if controller:
-            controller.load_state_dict(ckpt["llr"])
+        for method, controller in controllers.items():
+            controller.load_state_dict(ckpt[method])
         train_loader.load_state_dict(ckpt["loader"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
@@ -444,21 +444,12 @@ def train(cfg):
                 log({"step": step, "val_loss": val_loss})
             if master and step > start and (done or (cfg.eval_interval and step % cfg.eval_interval == 0)):
                 save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o, _ in optimizers],
-                                            "llr": controller.state_dict() if controller else None, "loader": train_loader.state_dict(),
+                                            **{m: c.state_dict() for m, c in controllers.items()}, "loader": train_loader.state_dict(),
                                             "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta})
             if done:
                 break
 
             t0 = time.perf_counter()
-            if controller:  # layerwise multipliers into group['lr_scale'] (recomputed every llr_interval steps)
-                info = controller.step(step)
-                if info:
-                    log({"step": step, **info})
-                    print0(layer_table(info["alphas"], info["multipliers"]))
-            mult = lr_mult(step, cfg, warmup)
-            for opt, peak in optimizers:  # the one place where learning rates are set
-                for group in opt.param_groups:
-                    group["lr"] = peak * mult * group.get("lr_scale", 1.0)
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 x, y = train_loader.next_batch()
@@ -477,6 +468,18 @@ def train(cfg):
             if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
                 raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
                                          f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
+            # the one place where learning rates are set: the schedule, times each layerwise method's lr_scale
+            for opt, peak in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = peak * lr_mult(step, cfg, warmup)
+            for method, controller in controllers.items():
+                info = controller.step(step)  # writes group['lr_scale'] on every group
+                if info:
+                    log({"step": step, "method": method, **info})
+                    print0(layer_table(*info.values(), label=next(iter(info))))
+                for opt, _ in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] *= group["lr_scale"]
             for opt, _ in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -485,7 +488,7 @@ def train(cfg):
             dt = time.perf_counter() - t0
             train_time += dt
             step += 1
-            lr0 = optimizers[0][0].param_groups[0]["lr"] / optimizers[0][0].param_groups[0].get("lr_scale", 1.0)
+            lr0 = cfg.lr * lr_mult(step - 1, cfg, warmup)  # the base learning rate of this step
             log({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
@@ -498,12 +501,13 @@ def train(cfg):
             mlog.close()
         compute_cleanup()
 
-    llr_time = controller.seconds if controller else 0.0
-    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time,
-               "llr_seconds": llr_time, "llr_fraction": llr_time / max(train_time, 1e-9), "out_dir": out_dir,
+    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time, "out_dir": out_dir,
                "interrupted": stop_signal[0] if stop_signal else None, "model": model}
-    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, {train_time:.1f}s training"
-           + (f", LLR {llr_time:.2f}s ({100 * summary['llr_fraction']:.1f}% of it)" if controller else "") + f"; checkpoint in {out_dir}")
+    overhead = ""
+    for method, controller in controllers.items():  # time spent inside the layerwise method, as a share of training
+        summary[f"{method}_seconds"], summary[f"{method}_fraction"] = controller.seconds, controller.seconds / max(train_time, 1e-9)
+        overhead += f", {method} {controller.seconds:.2f}s ({100 * summary[f'{method}_fraction']:.1f}%)"
+    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, {train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
     return summary
 
 
