@@ -46,6 +46,7 @@ def pad_vocab(n, multiple=64):
 # the paper's sizes (SPEC.md 1.4): head_dim 64, GPT-2 vocabulary 50257 padded to 50304
 PRESETS = {
     "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
+    "small": ModelConfig(dim=256, n_layers=6, n_heads=8, n_kv_heads=4),  # 4.6M: the second size of the CPU benchmark
     "llama60m": ModelConfig(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, ffn_dim=1512, vocab_size=50304, max_seq_len=1024),
     "llama135m": ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048, vocab_size=50304, max_seq_len=1024),
     "llama350m": ModelConfig(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2736, vocab_size=50304, max_seq_len=1024),

@@ -1,0 +1,326 @@
+"""
+Tokenize FineWeb into llm.c token shards for train.py, streamed from the Hugging Face Hub.
+
+    python prepare_fineweb.py                        # sample-10BT -> data/fineweb10B/, 10^8 tokens a shard
+    python prepare_fineweb.py --max_tokens=1.8e9     # just enough for the 60M preset (1.68B train tokens)
+    python prepare_fineweb.py --edu                  # FineWeb-Edu -> data/edu_fineweb10B/
+    python prepare_fineweb.py --input a.parquet b.jsonl.gz c.txt --tokenizer=../shared/data/gpt2.tiktoken
+    python prepare_fineweb.py --input a.parquet --bench   # tokens/s against a one-process loop
+
+Shard 0 is validation, the rest train. Interrupted? Run the same command again: it resumes.
+"""
+
+import argparse
+import glob
+import gzip
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from contextlib import closing
+from itertools import islice
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from train import get_tokenizer, list_shards, read_meta, read_shard, write_meta, write_shard
+
+DOCS_PER_TASK = 64  # documents per worker task: tens of thousands of tokens, enough to amortize the pickling
+
+
+class Fail(Exception):
+    """An error for the user: main() prints it on one line and exits with status 2."""
+
+
+def short(e):  # the first line of an exception's message
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+# ---- reading documents ----
+# a source yields texts and keeps where[0] = the state to resume from at the next document, so we can
+# record where each shard starts and later restart there, not at the top of a 30 GB stream
+
+def hub_docs(args, where):
+    import datasets  # here, not at the top: slow to import, and offline users never need it
+    repo = "HuggingFaceFW/fineweb-edu" if args.edu else "HuggingFaceFW/fineweb"
+    fail = lambda e: Fail(f"could not stream {repo} ({args.name}): {short(e)}; offline? use --input with local files")
+    try:  # connect now, so that no network or a bad --name fails before anything is written
+        ds = datasets.load_dataset(repo, name=args.name, split="train", streaming=True).select_columns(["text"])
+        if where[0] is not None:
+            ds.load_state_dict(where[0])  # skips the parquet files before it without downloading them
+    except Exception as e:
+        raise fail(e)
+
+    def stream():
+        try:
+            for ex in ds:
+                where[0] = ds.state_dict()
+                yield ex["text"]
+        except Exception as e:  # e.g. the connection dropped: the complete shards are kept, a rerun resumes
+            raise fail(e)
+    return stream()
+
+
+def read_file(path):
+    if path.endswith(".parquet"):  # how FineWeb ships; read just the text column, a batch at a time
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"]):
+            yield from batch.column(0).to_pylist()
+    elif path.endswith((".jsonl", ".jsonl.gz")):
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):  # a blank line (like a null text in parquet) is None: skipped
+                try:
+                    yield json.loads(line)["text"] if line.strip() else None
+                except (ValueError, KeyError, TypeError) as e:
+                    raise Fail(f"{path}:{n}: expected a JSON object with a 'text' field ({short(e)})")
+    else:  # .txt: the whole file is one document
+        with open(path, encoding="utf-8") as f:
+            yield f.read()
+
+
+def local_docs(paths, where):
+    first, skip = where[0] or (0, 0)  # state: (file index, documents of that file already read)
+    for i in range(first, len(paths)):
+        for j, text in enumerate(read_file(paths[i])):
+            if (i > first or j >= skip) and text is not None:
+                where[0] = (i, j + 1)
+                yield text
+
+
+def check_inputs(paths):  # fail before any work, not an hour in
+    for p in paths:
+        if not os.path.isfile(p):
+            raise Fail(f"input file not found: {p}")
+        if not p.endswith((".parquet", ".jsonl", ".jsonl.gz", ".txt")):
+            raise Fail(f"unknown file type: {p} (expected .parquet, .jsonl, .jsonl.gz or .txt)")
+        try:
+            columns = pq.read_schema(p).names if p.endswith(".parquet") else ["text"]
+        except Exception as e:
+            raise Fail(f"{p}: not a readable parquet file ({short(e)})")
+        if "text" not in columns:
+            raise Fail(f"{p}: no 'text' column (it has: {', '.join(columns)})")
+
+
+def open_docs(args, where):
+    return local_docs(args.input, where) if args.input else hub_docs(args, where)
+
+
+# ---- tokenizing in parallel ----
+
+def init_worker(enc):
+    global worker_enc
+    worker_enc = enc
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c is for the parent to handle, not one traceback per worker
+
+
+def tokenize(job):  # in a worker: end-of-text before each document, all in one uint16 array
+    state, texts = job
+    eot, docs = np.array([worker_enc.eot_token], dtype=np.uint32), []
+    for text in texts:
+        try:  # with no special tokens allowed this is encode_ordinary without the Python list: 20% faster
+            docs += [eot, worker_enc.encode_to_numpy(text, disallowed_special=())]
+        except UnicodeEncodeError:  # lone surrogates, which encode_ordinary knows how to repair
+            docs += [eot, np.array(worker_enc.encode_ordinary(text), dtype=np.uint32)]
+    return state, np.concatenate(docs).astype(np.uint16), np.array([len(d) + 1 for d in docs[1::2]])
+
+
+def tokenized(docs, where, pool, workers):
+    """(state, tokens, document lengths) for each chunk of documents, in order. Pool.imap would pull the
+    whole stream into memory as fast as it can read it, so we keep a bounded window of tasks in flight."""
+    pending, state = deque(), where[0]
+    while texts := list(islice(docs, DOCS_PER_TASK)):
+        pending.append(pool.apply_async(tokenize, ((state, texts),)))
+        state = where[0]  # where the next chunk starts
+        if len(pending) > 2 * workers:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+# ---- shards, progress and resume ----
+
+def shard_path(out_dir, k):
+    return os.path.join(out_dir, f"fineweb_{'val' if k == 0 else 'train'}_{k:06d}.bin")
+
+
+def is_full(path, shard_size):
+    try:
+        return len(read_shard(path)) == shard_size
+    except (OSError, ValueError):
+        return False
+
+
+def remove_tmp(out_dir):  # what an interrupted write leaves behind, never under a final name
+    for tmp in glob.glob(os.path.join(out_dir, "fineweb_*.tmp")) + glob.glob(os.path.join(out_dir, "*.json.tmp")):
+        os.remove(tmp)
+
+
+def save_progress(out_dir, progress):  # temp + rename, like the shards: a crash leaves the old file or the new
+    with open(os.path.join(out_dir, "progress.json.tmp"), "w") as f:
+        json.dump(progress, f)
+    os.replace(os.path.join(out_dir, "progress.json.tmp"), os.path.join(out_dir, "progress.json"))
+
+
+def prepare(args, enc, out_dir):
+    """Stream, tokenize and shard; returns the number of tokens this run wrote."""
+    S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
+    # never mix two tokenizers, inputs or shard sizes in one directory
+    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+    has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
+    if (has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train")) and read_meta(out_dir) != meta:
+        theirs = read_meta(out_dir)["tokenizer"]
+        raise Fail(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; use another --out_dir")
+    source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
+        {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
+    progress = {"source": source, "shard_size": S, "starts": [{"state": None, "skip": 0, "offset": 0}]}
+    if os.path.exists(progress_path):
+        with open(progress_path) as f:
+            old = json.load(f)
+        if (old["source"], old["shard_size"]) != (source, S):
+            raise Fail(f"{out_dir} holds shards of another input or --shard_size (see its progress.json); "
+                       "use another --out_dir")
+        progress = old
+
+    # starts[k] is where shard k starts: the state of the chunk it starts in, then skip documents and offset
+    # tokens into that chunk. keep each full shard whose successor's start is known; redo from the first other
+    starts, k = progress["starts"], 0
+    while k + 1 < len(starts) and k * S < limit and is_full(shard_path(out_dir, k), S):
+        k += 1
+    del starts[k + 1:]
+    if k * S >= limit:
+        print(f"{out_dir}: already holds {k} complete shards, nothing to do")
+        return 0
+    where = [starts[k]["state"]]
+    docs = open_docs(args, where)
+    os.makedirs(out_dir, exist_ok=True)
+    remove_tmp(out_dir)
+    write_meta(out_dir, enc)
+    # the first chunk is redone whole, not entered at the skip: then every chunk, and so the progress
+    # file too, comes out as in an uninterrupted run
+    skip, drop = starts[k]["skip"], starts[k]["offset"]
+    buf, fill, total, ndocs, first = np.empty(S, dtype=np.uint16), 0, k * S, 0, k * S
+    bar = tqdm(total=limit if limit < float("inf") else None, initial=total, unit="tok", unit_scale=True, desc="tokens")
+    with bar, closing(docs), mp.Pool(args.workers, init_worker, (enc,)) as pool:
+        for state, toks, lens in tokenized(docs, where, pool, args.workers):
+            ends, before = np.cumsum(lens), total
+            i, skip, drop = (int(ends[skip - 1]) if skip else 0) + drop, 0, 0
+            while i < len(toks) and total < limit:
+                n = min(S - fill, len(toks) - i, limit - total)
+                buf[fill:fill + n] = toks[i:i + n]
+                fill, i, total = fill + n, i + n, total + n
+                if fill == S:  # full: write it, then record where the next one starts (a document may straddle)
+                    write_shard(shard_path(out_dir, k), buf)
+                    d = int(np.searchsorted(ends, i, side="right"))
+                    starts.append({"state": state, "skip": d, "offset": i - int(ends[d - 1] if d else 0)})
+                    save_progress(out_dir, progress)
+                    k, fill = k + 1, 0
+            ndocs += len(lens)
+            bar.set_postfix(docs=ndocs, refresh=False)
+            bar.update(total - before)
+            if total >= limit:
+                break
+        if fill:  # the last shard, short: not recorded as complete, so a rerun redoes it (and only it)
+            write_shard(shard_path(out_dir, k), buf[:fill])
+    print(f"{out_dir}: {k + (fill > 0)} shards, {total:,} tokens ({enc.name}); this run tokenized {ndocs:,} documents")
+    if k + (fill > 0) == 1:
+        print("note: only the validation shard so far: raise --max_tokens or lower --shard_size to get training data")
+    return total - first
+
+
+# ---- benchmark ----
+
+def bench(args, enc):
+    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input. prepare() goes
+    first: workers forked from a process that has run encode_ordinary_batch's threads are ~15% slower."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        ours = prepare(args, enc, tmp) / (time.time() - t0)
+    where, n, t0 = [None], 0, time.time()
+    with closing(open_docs(args, where)) as docs:
+        while n < args.limit and (texts := list(islice(docs, DOCS_PER_TASK))):
+            n += sum(len(t) + 1 for t in enc.encode_ordinary_batch(texts))
+    base = n / (time.time() - t0)
+    print(f"bench | encode_ordinary_batch, 1 process: {base / 1e6:.2f}M tok/s | prepare_fineweb --workers "
+          f"{args.workers}: {ours / 1e6:.2f}M tok/s | {ours / base:.2f}x")
+
+
+# ---- command line ----
+
+def load_tokenizer(name):
+    if name.endswith(".tiktoken") and not os.path.isfile(name):
+        raise Fail(f"tokenizer file not found: {name}")
+    try:
+        enc = get_tokenizer(name)
+    except Exception as e:
+        if name.endswith(".tiktoken"):
+            raise Fail(f"could not read tokenizer file {name}: {short(e)}")
+        why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
+        raise Fail(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
+                   "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
+    if enc.n_vocab > 2**16:
+        raise Fail(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: at most 65,536")
+    return enc
+
+
+def count(s):  # a positive whole number: 1e8 and 100000000 both work
+    try:
+        v = float(s)
+    except ValueError:
+        v = 0
+    if not (1 <= v < 2**53 and v == int(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {s!r}")
+    return int(v)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, like every other error here
+        print(f"prepare_fineweb.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv):
+    p = Parser(description="Tokenize FineWeb (or local files) into llm.c token shards.")
+    p.add_argument("--name", default="sample-10BT", help="sample-10BT/100BT/350BT, or a dump like CC-MAIN-2024-10")
+    p.add_argument("--edu", action="store_true", help="HuggingFaceFW/fineweb-edu instead of HuggingFaceFW/fineweb")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="local .parquet/.jsonl(.gz)/.txt files, not the Hub")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (downloads), PATH.tiktoken (offline) or bytes")
+    p.add_argument("--out_dir", help="default data/fineweb10B, or data/edu_fineweb10B with --edu")
+    p.add_argument("--shard_size", type=count, default=10**8, help="tokens per shard")
+    p.add_argument("--max_tokens", type=count, help="stop after this many tokens, all shards together")
+    p.add_argument("--shards", type=count, help="stop after this many shards")
+    p.add_argument("--workers", type=count, default=os.cpu_count(), help="tokenizer processes")
+    p.add_argument("--bench", action="store_true", help="print tokens/s of this script and of a one-process loop")
+    args = p.parse_args(argv)
+    if args.shard_size >= 2**31:
+        p.error("--shard_size must be below 2^31: the shard header stores the count as an int32")
+    args.limit = min(args.max_tokens or float("inf"), args.shards * args.shard_size if args.shards else float("inf"))
+    dataset = ("edu_" if args.edu else "") + ("fineweb10B" if args.name == "sample-10BT" else f"fineweb_{args.name}")
+    args.out_dir = args.out_dir or os.path.join("data", dataset)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        check_inputs(args.input or [])
+        enc = load_tokenizer(args.tokenizer)
+        if args.bench:
+            bench(args, enc)
+        else:
+            prepare(args, enc, args.out_dir)
+    except Fail as e:
+        print(f"prepare_fineweb.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        remove_tmp(args.out_dir)
+        print("\ninterrupted: the complete shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

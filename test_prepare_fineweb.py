@@ -1,0 +1,379 @@
+"""
+Tests for prepare_fineweb.py: CPU only, no network, a few seconds each.
+
+    python -m pytest -q test_prepare_fineweb.py
+"""
+
+import gzip
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import prepare_fineweb as pf
+from train import get_tokenizer, read_meta, read_shard
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "prepare_fineweb.py")
+
+
+def find_ranks():  # the GPT-2 ranks file tiktoken would download, shipped beside the repo
+    for path in (os.path.join(HERE, "..", "shared", "data", "gpt2.tiktoken"), "/work/shared/data/gpt2.tiktoken"):
+        if os.path.isfile(path):
+            return os.path.abspath(path)
+
+
+GPT2 = find_ranks()
+NO_GPT2 = pytest.mark.skipif(GPT2 is None, reason="GPT-2 ranks file ../shared/data/gpt2.tiktoken not found")
+TOKENIZERS = [pytest.param(GPT2, id="gpt2", marks=NO_GPT2), pytest.param("bytes", id="bytes")]
+TOK = GPT2 or "bytes"  # for the tests that don't care which
+
+
+# ---- synthetic FineWeb ----
+
+def make_docs(n, seed=0):
+    """Short web-like documents, with the awkward cases: unicode, an empty document, and the end-of-text
+    marker as plain text (encode_ordinary must not turn it into the special token)."""
+    rng = random.Random(seed)
+    words = "the of and to in a is that for it was with on as by at from this be are or have not you but".split()
+    docs = [" ".join(rng.choices(words, k=rng.randint(3, 60))) for _ in range(n)]
+    docs[1], docs[2] = "", "naïve café, 東京 and emoji 🙂\n\nsecond paragraph"
+    docs[3] = "a <|endoftext|> in the text"
+    return docs
+
+
+def fineweb_columns(docs, start=0):  # FineWeb's schema: text plus metadata we must ignore
+    n = len(docs)
+    return {"text": docs, "id": [f"<urn:uuid:{start + i}>" for i in range(n)], "dump": ["CC-MAIN-2024-10"] * n,
+            "url": [f"https://example.com/{start + i}" for i in range(n)], "date": ["2024-02-21T08:00:00Z"] * n,
+            "file_path": ["s3://commoncrawl/x.warc.gz"] * n, "language": ["en"] * n,
+            "language_score": [0.95] * n, "token_count": [len(d.split()) for d in docs]}
+
+
+def write_parquet(path, docs, start=0):
+    pq.write_table(pa.table(fineweb_columns(docs, start)), path, row_group_size=40)
+    return str(path)
+
+
+def write_jsonl(path, docs, start=0):
+    cols = fineweb_columns(docs, start)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wt", encoding="utf-8") as f:
+        for i in range(len(docs)):
+            f.write(json.dumps({k: v[i] for k, v in cols.items()}) + ("\n\n" if i == 10 else "\n"))  # a blank line too
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """300 documents spread over every input format, in a known order."""
+    docs = make_docs(300)
+    paths = [write_parquet(tmp_path / "a.parquet", docs[:120]), write_jsonl(tmp_path / "b.jsonl", docs[120:200], 120),
+             write_jsonl(tmp_path / "c.jsonl.gz", docs[200:297], 200)]
+    for i, doc in enumerate(docs[297:]):  # a txt file is one document
+        (tmp_path / f"d{i}.txt").write_text(doc, encoding="utf-8")
+        paths.append(str(tmp_path / f"d{i}.txt"))
+    return docs, paths
+
+
+def prepare(out_dir, inputs, *extra, tokenizer=TOK, shard_size=1000):
+    return pf.main(["--input", *inputs, "--tokenizer", tokenizer, "--shard_size", str(shard_size),
+                    "--out_dir", str(out_dir), "--workers", "2", *extra])
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=HERE, env={**os.environ, **(env or {})})
+
+
+def shard_names(out_dir):  # in shard order: val_000000, train_000001, ...
+    return sorted((f for f in os.listdir(out_dir) if f.endswith(".bin")), key=lambda f: f.rsplit("_", 1)[1])
+
+
+def snapshot(out_dir):  # every file's bytes, progress.json and meta.json included
+    return {f.name: f.read_bytes() for f in sorted(pathlib.Path(out_dir).iterdir())}
+
+
+def all_tokens(out_dir):
+    return np.concatenate([np.asarray(read_shard(os.path.join(out_dir, f))) for f in shard_names(out_dir)])
+
+
+# ---- shard format and content ----
+
+@pytest.mark.parametrize("tokenizer", TOKENIZERS)
+def test_shards_hold_the_documents_in_order(tmp_path, corpus, tokenizer):
+    docs, inputs = corpus
+    out = tmp_path / "out"
+    assert prepare(out, inputs, tokenizer=tokenizer) == 0
+    enc = get_tokenizer(tokenizer)
+    names = shard_names(out)
+    assert names[0] == "fineweb_val_000000.bin"  # shard 0 is validation, the rest train, numbered on
+    assert names[1:] == [f"fineweb_train_{k:06d}.bin" for k in range(1, len(names))]
+    counts = []
+    for name in names:  # llm.c header: magic, version, token count; then uint16 tokens
+        header = np.fromfile(out / name, dtype=np.int32, count=256)
+        assert (header[0], header[1]) == (20240520, 1) and not header[3:].any()
+        assert os.path.getsize(out / name) == 256 * 4 + 2 * header[2]
+        counts.append(int(header[2]))
+    assert counts[:-1] == [1000] * (len(counts) - 1) and 0 < counts[-1] <= 1000  # full shards but the last
+    tokens = all_tokens(out)
+    expected = np.concatenate([[enc.eot_token] + enc.encode_ordinary(d) for d in docs]).astype(np.uint16)
+    assert np.array_equal(tokens, expected)
+    starts = np.flatnonzero(tokens == enc.eot_token)  # end-of-text opens every document, and only there
+    assert len(starts) == len(docs) and starts[0] == 0
+    decoded = [enc.decode(piece.tolist()) for piece in np.split(tokens, starts[1:])]
+    assert decoded == ["<|endoftext|>" + d for d in docs]
+    assert read_meta(out) == {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("tokenizer", TOKENIZERS)
+def test_worker_tokens_are_encode_ordinary(tokenizer, monkeypatch):
+    """The workers' fast path (encode_to_numpy) gives encode_ordinary's tokens, awkward text included."""
+    enc = get_tokenizer(tokenizer)
+    monkeypatch.setattr(pf, "worker_enc", enc, raising=False)
+    texts = make_docs(50) + ["a lone surrogate \ud83d from a JSON escape", "<|endoftext|><|endoftext|>"]
+    state, tokens, lens = pf.tokenize(("state", texts))
+    expected = [[enc.eot_token] + enc.encode_ordinary(t) for t in texts]
+    assert state == "state" and tokens.dtype == np.uint16
+    assert tokens.tolist() == sum(expected, []) and lens.tolist() == [len(e) for e in expected]
+
+
+def test_command_line_run(tmp_path, corpus):
+    docs, inputs = corpus
+    r = run_cli("--input", *inputs, "--tokenizer", "bytes", "--shard_size", "5e3", "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "shards" in r.stdout and "Traceback" not in r.stderr
+    enc = get_tokenizer("bytes")
+    assert len(all_tokens(tmp_path / "out")) == sum(len(enc.encode_ordinary(d)) + 1 for d in docs)
+
+
+def test_max_tokens_and_shards_stop_early(tmp_path, corpus):
+    _, inputs = corpus
+    prepare(tmp_path / "a", inputs, "--max_tokens", "2500")
+    assert [len(read_shard(tmp_path / "a" / f)) for f in shard_names(tmp_path / "a")] == [1000, 1000, 500]
+    prepare(tmp_path / "b", inputs, "--shards", "2")
+    assert [len(read_shard(tmp_path / "b" / f)) for f in shard_names(tmp_path / "b")] == [1000, 1000]
+
+
+def test_default_out_dirs():
+    assert pf.parse_args([]).out_dir == os.path.join("data", "fineweb10B")
+    assert pf.parse_args(["--edu"]).out_dir == os.path.join("data", "edu_fineweb10B")
+    assert pf.parse_args(["--name", "CC-MAIN-2024-10"]).out_dir == os.path.join("data", "fineweb_CC-MAIN-2024-10")
+
+
+# ---- resume ----
+
+@pytest.fixture
+def full(tmp_path, corpus):
+    """An uninterrupted run, for the resumed ones to match byte for byte."""
+    prepare(tmp_path / "full", corpus[1])
+    return snapshot(tmp_path / "full")
+
+
+def test_resume_after_stopping_at_a_shard_count(tmp_path, corpus, full):
+    out = tmp_path / "out"
+    prepare(out, corpus[1], "--shards", "3")
+    assert len(shard_names(out)) == 3
+    prepare(out, corpus[1])
+    assert snapshot(out) == full
+
+
+def test_resume_after_stopping_mid_shard(tmp_path, corpus, full):
+    out = tmp_path / "out"
+    prepare(out, corpus[1], "--max_tokens", "4321")  # the last shard is short, so the rerun redoes it
+    prepare(out, corpus[1])
+    assert snapshot(out) == full
+
+
+def test_resume_repairs_missing_corrupt_and_unrecorded_shards(tmp_path, corpus, full):
+    out = tmp_path / "out"
+    prepare(out, corpus[1], "--shards", "2")
+    early_progress = (out / "progress.json").read_bytes()
+    prepare(out, corpus[1])
+    (out / "progress.json").write_bytes(early_progress)  # a crash between a shard's rename and the progress write
+    os.remove(out / "fineweb_train_000005.bin")
+    with open(out / "fineweb_train_000003.bin", "r+b") as f:  # truncated: read_shard rejects it
+        f.truncate(1500)
+    (out / "fineweb_train_000004.bin.tmp").write_bytes(b"half a shard")
+    prepare(out, corpus[1])
+    assert snapshot(out) == full
+
+
+def test_interrupt_while_writing_leaves_no_half_shard(tmp_path, corpus, full, monkeypatch, capsys):
+    out, writes = tmp_path / "out", []
+    real_write = pf.write_shard
+
+    def write_then_interrupt(path, tokens):  # ctrl-c arrives halfway through the fourth shard
+        writes.append(path)
+        if len(writes) == 4:
+            with open(path + ".tmp", "wb") as f:
+                f.write(b"\0" * 100)
+            raise KeyboardInterrupt
+        real_write(path, tokens)
+
+    monkeypatch.setattr(pf, "write_shard", write_then_interrupt)
+    assert prepare(out, corpus[1]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    assert shard_names(out) == ["fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    monkeypatch.setattr(pf, "write_shard", real_write)
+    assert prepare(out, corpus[1]) == 0
+    assert snapshot(out) == full
+
+
+def test_ctrl_c_then_resume(tmp_path):
+    """A real SIGINT to the command line run, then the same command again."""
+    docs = make_docs(20000, seed=1)
+    inputs = [write_parquet(tmp_path / "a.parquet", docs[:10000]),
+              write_parquet(tmp_path / "b.parquet", docs[10000:], 10000)]
+    args = ["--input", *inputs, "--tokenizer", "bytes", "--shard_size", "20000", "--workers", "2"]
+    pf.main([*args, "--out_dir", str(tmp_path / "full")])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args, "--out_dir", str(out)], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "fineweb_train_000002.bin").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before ctrl-c arrived")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    for name in shard_names(out):  # whatever is under a final name is a whole shard
+        assert len(read_shard(out / name)) == 20000
+    r = run_cli(*args, "--out_dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert snapshot(out) == snapshot(tmp_path / "full")
+
+
+def test_hub_stream_and_resume(tmp_path, monkeypatch):
+    """The Hub path with datasets' streaming swapped for local parquet files: resume uses its state_dict."""
+    import datasets
+    docs = make_docs(400, seed=2)
+    files = [write_parquet(tmp_path / f"{i}.parquet", docs[i * 100:(i + 1) * 100], i * 100) for i in range(4)]
+    real_load, calls = datasets.load_dataset, []
+
+    def fake_load(repo, name=None, split=None, streaming=False):
+        calls.append((repo, name, split, streaming))
+        return real_load("parquet", data_files=files, split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    hub = ["--tokenizer", TOK, "--shard_size", "1000", "--workers", "2", "--edu", "--name", "sample-100BT"]
+    assert pf.main([*hub, "--out_dir", str(tmp_path / "full")]) == 0
+    assert calls[0] == ("HuggingFaceFW/fineweb-edu", "sample-100BT", "train", True)
+    enc = get_tokenizer(TOK)
+    expected = np.concatenate([[enc.eot_token] + enc.encode_ordinary(d) for d in docs]).astype(np.uint16)
+    assert np.array_equal(all_tokens(tmp_path / "full"), expected)
+    out = tmp_path / "out"
+    pf.main([*hub, "--out_dir", str(out), "--max_tokens", "5500"])
+    starts = json.loads((out / "progress.json").read_text())["starts"]
+    assert isinstance(starts[-1]["state"], dict)  # datasets' own resume state, not a document count
+    pf.main([*hub, "--out_dir", str(out)])
+    resumed, uninterrupted = snapshot(out), snapshot(tmp_path / "full")
+    # datasets' states name the same documents in different words after a resume, so progress.json may differ
+    del resumed["progress.json"], uninterrupted["progress.json"]
+    assert resumed == uninterrupted
+
+
+# ---- errors: one line, exit status 2, no traceback ----
+
+def assert_one_line_error(err, *words):
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines and lines[-1].startswith("prepare_fineweb.py: error:"), err
+    assert all(w in lines[-1] for w in words), lines[-1]
+
+
+def test_error_no_network_suggests_input(tmp_path):
+    r = run_cli("--tokenizer", "bytes", "--out_dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr, "HuggingFaceFW/fineweb", "--input")
+    assert not (tmp_path / "out").exists()  # nothing written before the stream opened
+
+
+def test_error_tokenizer_download_suggests_a_file(tmp_path, corpus):
+    proxy = "http://127.0.0.1:9"  # a closed local port: the download fails at once, with or without internet
+    env = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    r = run_cli("--input", *corpus[1], "--tokenizer", "gpt2", "--out_dir", str(tmp_path / "out"), env=env)
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr, "gpt2", "--tokenizer")
+
+
+def test_error_bad_number_on_the_command_line():
+    r = run_cli("--shard_size", "lots")
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr, "--shard_size", "lots")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--shard_size", "abc"], ["--shard_size"]),
+    (["--max_tokens", "-5"], ["--max_tokens"]),
+    (["--shards", "0"], ["--shards"]),
+    (["--workers", "1.5"], ["--workers"]),
+    (["--shard_size", "3e9"], ["2^31"]),
+])
+def test_error_bad_numeric_args(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        pf.main(argv)
+    assert e.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, *words)
+
+
+def write_big_vocab(path):  # a ranks file of 70,000 tokens: too many for uint16 shards
+    import base64
+    with open(path, "w") as f:
+        for i in range(70000):
+            f.write(f"{base64.b64encode(i.to_bytes(3, 'big')).decode()} {i}\n")
+    return str(path)
+
+
+def test_errors_on_bad_inputs(tmp_path, corpus, capsys):
+    _, inputs = corpus
+    no_text = tmp_path / "no_text.parquet"
+    pq.write_table(pa.table({"content": ["a", "b"], "id": ["1", "2"]}), no_text)
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
+    (tmp_path / "x.csv").write_text("text\nhello\n")
+    cases = [  # (argv, words in the one-line message)
+        (["--input", str(tmp_path / "missing.parquet")], ["not found", "missing.parquet"]),
+        (["--input", str(tmp_path / "x.csv")], ["unknown file type", "x.csv"]),
+        (["--input", str(no_text)], ["no 'text' column", "content"]),
+        (["--input", str(bad_jsonl), "--tokenizer", "bytes"], ["bad.jsonl:2", "'text'"]),
+        (["--input", *inputs, "--tokenizer", str(tmp_path / "missing.tiktoken")], ["not found"]),
+        (["--input", *inputs, "--tokenizer", write_big_vocab(tmp_path / "big.tiktoken")], ["70,001", "uint16"]),
+    ]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert pf.main([*argv, "--out_dir", str(tmp_path / "out")]) == 2, argv
+        assert_one_line_error(capsys.readouterr().err, *words)
+
+
+def test_error_out_dir_of_another_tokenizer_or_shard_size(tmp_path, corpus, capsys):
+    out, inputs = tmp_path / "out", corpus[1]
+    assert prepare(out, inputs, tokenizer="bytes") == 0
+    if GPT2:
+        capsys.readouterr()
+        assert prepare(out, inputs, tokenizer=GPT2) == 2
+        assert_one_line_error(capsys.readouterr().err, "'bytes'", "--out_dir")
+    capsys.readouterr()
+    assert prepare(out, inputs, tokenizer="bytes", shard_size=2000) == 2
+    assert_one_line_error(capsys.readouterr().err, "--shard_size", "--out_dir")
+
+
+# ---- speed ----
+
+def test_bench_prints_both_figures(tmp_path, corpus, capsys):
+    assert prepare(tmp_path / "unused", corpus[1], "--bench") == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("bench")][0]
+    assert "encode_ordinary_batch" in line and line.count("M tok/s") == 2
+    assert not (tmp_path / "unused").exists()  # the timed run writes to a temporary directory
