@@ -269,7 +269,8 @@ def ddp_worker_script(tmp_path):
     return script
 
 
-def test_ddp_two_processes_match_one(tmp_path, data_dir, extra=()):
+@pytest.mark.parametrize("extra", [(), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")])
+def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
     script = ddp_worker_script(tmp_path)
     common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -287,3 +288,60 @@ def test_ddp_two_processes_match_one(tmp_path, data_dir, extra=()):
     single = torch.load(tmp_path / "weights0.pt")
     for k in w0:
         torch.testing.assert_close(w0[k], single[k], rtol=1e-3, atol=1e-4)
+
+
+# ---- LLR and Muon inside train.py ----
+
+
+def test_train_llr_end_to_end_cli(tmp_path, data_dir):
+    r = run_cli(f"--data={data_dir}", f"--out_dir={tmp_path}/o", "--llr", "--max_steps=30", "--batch_size=4", "--seq_len=32",
+                "--eval_interval=15", "--eval_steps=2", "--llr_interval=3", "--llr_ramp=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "gate" in r.stdout and "mult" in r.stdout and "llr" in r.stdout.splitlines()[-1]
+    records = [json.loads(l) for l in open(tmp_path / "o" / "metrics.jsonl")]
+    llr_records = [x for x in records if x.get("method") == "llr"]
+    assert [x["step"] for x in llr_records] == [0, 3]  # window 0.2 * 30 = 6 steps
+    m = llr_records[0]["multipliers"]
+    assert m["embed_tokens.weight"] == m["lm_head.weight"] == 3.0 and min(m.values()) == 1.0
+    assert set(llr_records[0]["alphas"]) >= {"layers.0.self_attn.q_proj.weight", "layers.4.mlp.down_proj.weight"}
+
+
+def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch):
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append({g["name"]: g["lr"] for g in self.param_groups})
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg = small(tmp_path, data_dir, llr=True, max_steps=10, warmup_steps=0)
+    T.train(cfg)
+    base = cfg.lr * T.lr_mult(0, dataclasses.replace(cfg, warmup_steps=0), 0)
+    lrs = seen[0]
+    assert lrs["layers.0.input_layernorm.weight"] == pytest.approx(base)  # vectors keep the base lr
+    assert lrs["lm_head.weight"] == pytest.approx(3 * base)
+    mats = [v for k, v in lrs.items() if "_proj" in k]
+    assert min(mats) == pytest.approx(base) and max(mats) == pytest.approx(3 * base)
+
+
+def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
+    kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=4, ramp=3))
+    straight = T.train(small(tmp_path / "a", data_dir, **kw))
+    assert straight["val_loss"] < 4.0
+    T.train(small(tmp_path / "b", data_dir, stop_after=9, **kw))  # stops in the middle of a ramp
+    resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n
+    ckpt = torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)
+    assert len(ckpt["optimizers"]) == 2 and ckpt["optimizers"][1]["state"]  # Muon's momentum is saved
+    assert ckpt["llr"]["segments"]
+
+
+def test_muon_split_covers_every_parameter_once():
+    model = LLaMA(ModelConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, max_seq_len=8))
+    (adamw, _), (muon, _) = T.build_optimizers(model, T.TrainConfig(optimizer="muon"), fused=False)
+    muon_names = {g["name"] for g in muon.param_groups}
+    assert len(muon_names) == 2 * 7 and not any("embed" in n or "lm_head" in n for n in muon_names)
+    adamw_names = {g["name"] for g in adamw.param_groups}
+    assert adamw_names | muon_names == {n for n, _ in model.named_parameters()} and not adamw_names & muon_names
