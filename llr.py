@@ -1,0 +1,354 @@
+"""
+LLR: heavy-tail guided layerwise learning rates (arXiv 2605.22297), plus the Muon optimizer.
+
+    import llr
+    opt = torch.optim.AdamW(llr.param_groups(model, weight_decay=0.1), lr=6e-4)
+    ctrl = llr.LLR(model, opt, total_steps=max_steps)           # or a list of optimizers
+    for step in range(max_steps):
+        ...                                                     # forward, backward
+        info = ctrl.step(step)                                  # sets group['lr_scale'] everywhere
+        for g in opt.param_groups:
+            g['lr'] = base_lr(step) * g['lr_scale']
+        opt.step()
+        if info: print(llr.layer_table(info['alphas'], info['multipliers']))
+
+Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
+spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
+linearly to a learning-rate multiplier in [r_min, r_max]: light tails (large alpha, "undertrained")
+get large multipliers, heavy tails small ones. See SPEC.md sections 1 and 2.
+"""
+
+import math
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# ---- spectra and the Hill estimator ----
+
+
+def _eigs64(w):
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), in float64.
+    The Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats
+    float32 svdvals (1.2-1.6x on square and tall matrices, 3.3x on wide ones, 2 CPU cores). Gram and
+    eigvalsh both run in float64: a float32 Gram would be 2x faster again but costs up to ~1e-4
+    relative in alpha on spiky spectra (far more under TF32); float64 stays at ~1e-14."""
+    w = w.detach()
+    finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
+    w = w.masked_fill(~finite[..., None, None], 0).double()
+    gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
+    eigs = torch.linalg.eigvalsh(gram).clamp_min(0)  # rounding can leave tiny negatives
+    return eigs.masked_fill(~finite[..., None], float("nan"))
+
+
+def esd(weight):
+    """Empirical spectral density of W^T W: the squared singular values, ascending, float32 (SPEC 1.1).
+    Accepts one matrix (rows, cols) or a stack of same-shape matrices (B, rows, cols)."""
+    if weight.ndim < 2:
+        raise ValueError(f"esd needs a matrix, got shape {tuple(weight.shape)}")
+    return _eigs64(weight).float()
+
+
+def _hill(eigs, xmin_pos=2.0):
+    """Batched Hill estimator over the last dim of ascending eigenvalues; NaN marks a degenerate row.
+    alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i), i = floor(N / xmin_pos), n = N - i  (SPEC 1.1)"""
+    eigs = eigs.double()
+    N = eigs.shape[-1]
+    i = int(N / xmin_pos)
+    n = N - i
+    tail = eigs[..., i:]  # the tail includes xmin = lambda_i itself
+    xmin = tail[..., 0]
+    spread = tail.log().sum(-1) - n * xmin.log()  # sum of ln(lambda_j / xmin) over the tail
+    alpha = 1 + n / spread
+    # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
+    # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
+    tiny = N * torch.finfo(torch.float64).eps * eigs[..., -1]
+    ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
+    return torch.where(ok, alpha, float("nan"))
+
+
+def hill_alpha(eigs, xmin_pos=2.0):
+    """PL_Alpha_Hill of one ascending spectrum, with xmin at lambda_{floor(N/xmin_pos)} (the median
+    for xmin_pos=2). Returns NaN for a degenerate spectrum (see _hill)."""
+    return _hill(torch.as_tensor(eigs).double().sort().values[None], xmin_pos)[0].item()
+
+
+def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
+    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (SPEC 1.2), keyed by name.
+    Non-finite alphas are left out (of the min/max and of the result). All-equal -> r_max everywhere,
+    as in the official code."""
+    alphas = {k: a for k, a in alphas.items() if math.isfinite(a)}
+    if not alphas:
+        return {}
+    lo, hi = min(alphas.values()), max(alphas.values())
+    if hi == lo:
+        return {k: float(r_max) for k in alphas}
+    return {k: r_min + (r_max - r_min) * (a - lo) / (hi - lo) for k, a in alphas.items()}
+
+
+# ---- the controller ----
+
+
+@dataclass
+class LLRConfig:
+    interval: int = 40          # recompute alphas every this many steps (official: 40, 100 at 1B)
+    ramp: int = 20              # steps to glide to a new multiplier; 0 = hard switching
+    window: float = 0.2         # recompute only while step < window * total_steps, then freeze
+    r_min: float = 1.0          # multiplier of the heaviest-tailed (smallest alpha) matrix
+    r_max: float = 3.0          # multiplier of the lightest-tailed matrix (1B scripts use 5)
+    xmin_pos: float = 2.0       # Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median
+    embed_head: str = "rmax"    # 'rmax': embedding and LM head get r_max (published); 'one': keep 1
+
+    def __post_init__(self):
+        checks = [(self.interval >= 1, f"interval must be >= 1, got {self.interval}"),
+                  (self.ramp >= 0, f"ramp must be >= 0, got {self.ramp}"),
+                  (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
+                  (0 < self.r_min <= self.r_max, f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
+                  (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
+                  (self.embed_head in ("rmax", "one"), f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+def param_groups(model, weight_decay=0.1):
+    """One optimizer group per trainable tensor, named, so each matrix can get its own lr.
+    Matrices (ndim >= 2) decay, vectors (norm gains, biases) do not."""
+    return [{"params": [p], "name": n, "weight_decay": weight_decay if p.ndim >= 2 else 0.0}
+            for n, p in model.named_parameters() if p.requires_grad]
+
+
+class LLR:
+    """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
+
+    Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute
+    at step t with target m* places a knot at t: m(t) is unchanged (the value the previous segment
+    gives at t, mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the
+    target is reached exactly at step t + ramp. ramp = 0 is hard switching: m(t) = m*. The first
+    assignment (the first call of step(), normally step 0) is always hard: there is no earlier lr to
+    glide from. After the window no recomputes happen; a ramp in flight still finishes.
+    Embedding and head get r_max (or 1 with embed_head='one') from the first assignment on; vectors 1.
+    A degenerate spectrum keeps the layer's previous segment (multiplier 1 if it never had one)."""
+
+    def __init__(self, model, optimizer, total_steps, cfg=None):
+        self.cfg = cfg = cfg or LLRConfig()
+        self.total_steps = total_steps
+        self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
+        order = {pid: i for i, pid in enumerate(names)}
+        # roles by module type: the embedding, and the linear layer that maps back to the vocabulary
+        embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        vocab = {m.num_embeddings for m in embeds}
+        special = {id(m.weight) for m in embeds}
+        special |= {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m.out_features in vocab}
+        # map every optimizer group to one multiplier key, by tensor identity (never by position)
+        self.groups, seen = [], []
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                keys = set()
+                for p in group["params"]:
+                    if id(p) not in names:
+                        raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
+                    seen.append(p)
+                    keys.add("<special>" if id(p) in special else names[id(p)] if p.ndim == 2 else None)
+                if len(keys) > 1:
+                    members = ", ".join(names[id(p)] for p in group["params"])
+                    raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
+                                     f"build the groups with llr.param_groups(model), one tensor per group")
+                self.groups.append((group, keys.pop() if keys else None))
+        seen = sorted({id(p): p for p in seen}.values(), key=lambda p: order[id(p)])
+        self.measured = [(names[id(p)], p) for p in seen if p.ndim == 2]  # embed/head are measured too
+        self.special = {names[id(p)] for p in seen if id(p) in special}
+        self.analysed = [n for n, _ in self.measured if n not in self.special]
+        self.segments = {}  # name -> [start, target, t0]: the multiplier's current linear piece
+        self.alphas = {}  # the last finite alphas, for logging
+        self.computed_at = -1  # step of the last recompute; -1 = never assigned
+        self.seconds = 0.0  # wall time spent inside step()
+        self._warned = set()
+
+    def multiplier(self, key, step):
+        """The multiplier of a group key at `step`: the linear piece m(s) of the class docstring."""
+        if key is None:
+            return 1.0
+        if key == "<special>":
+            return self.cfg.r_max if self.cfg.embed_head == "rmax" and self.computed_at >= 0 else 1.0
+        if key not in self.segments:
+            return 1.0
+        start, target, t0 = self.segments[key]
+        k, ramp = step - t0, self.cfg.ramp
+        if ramp == 0 or k >= ramp:
+            return target  # exactly, not start + (target - start) * 1.0
+        return start + (target - start) * max(k, 0) / ramp
+
+    def _measure(self):
+        """Hill alpha of every measured matrix, {name: float}, NaN where degenerate. Under DDP each rank
+        does every world-th matrix (round-robin in shape order, so the work is balanced), the others
+        leave zeros, and one all_reduce(SUM) hands everyone the same bits."""
+        if not self.measured:
+            return {}
+        ddp = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        order = sorted(range(len(self.measured)), key=lambda j: (tuple(self.measured[j][1].shape), j))
+        by_shape = defaultdict(list)
+        for j in order[rank::world]:
+            by_shape[tuple(self.measured[j][1].shape)].append(j)
+        device = self.measured[0][1].device
+        alphas = torch.zeros(len(self.measured), dtype=torch.float64, device=device)
+        for (rows, cols), idx in by_shape.items():
+            per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
+            for c in range(0, len(idx), per_chunk):
+                chunk = idx[c:c + per_chunk]
+                stack = torch.stack([self.measured[j][1].detach() for j in chunk])  # (B, rows, cols)
+                alphas[chunk] = _hill(_eigs64(stack), self.cfg.xmin_pos).to(device)
+        if world > 1:
+            dist.all_reduce(alphas)  # exactly one collective per recompute, on every rank
+        return dict(zip([n for n, _ in self.measured], alphas.tolist()))  # the one host sync
+
+    def _recompute(self, step):
+        alphas = self._measure()
+        for name, a in alphas.items():
+            if not math.isfinite(a) and name not in self._warned:
+                self._warned.add(name)
+                kept = self.segments[name][1] if name in self.segments else 1.0
+                warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) at step {step}; "
+                              f"it keeps its multiplier ({kept:g}) and stays out of the alpha min/max")
+        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed}, self.cfg.r_min, self.cfg.r_max)
+        for name, target in targets.items():
+            # glide from wherever the layer is now; the very first assignment is hard
+            start = self.multiplier(name, step) if self.computed_at >= 0 else target
+            self.segments[name] = [start, target, step]
+        self.computed_at = step
+        self.alphas = {n: a for n, a in alphas.items() if math.isfinite(a)}
+        special = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
+        mults = {n: (special if n in self.special else self.segments[n][1])
+                 for n, _ in self.measured if n in self.special or n in self.segments}
+        return {"alphas": dict(self.alphas), "multipliers": mults}
+
+    def step(self, step):
+        """Call once per training step, before the optimizer step. Returns the new alphas and target
+        multipliers on steps that recomputed, else None."""
+        t0 = time.perf_counter()
+        info = None
+        in_window = step % self.cfg.interval == 0 and step < self.cfg.window * self.total_steps
+        if self.computed_at < 0 or (in_window and step != self.computed_at):
+            with torch.no_grad():
+                info = self._recompute(step)
+        for group, key in self.groups:
+            group["lr_scale"] = self.multiplier(key, step)
+        self.seconds += time.perf_counter() - t0
+        return info
+
+    def state_dict(self):
+        # plain python only, so it pickles into a checkpoint and loads with weights_only=True
+        return {"segments": {n: list(s) for n, s in self.segments.items()}, "alphas": dict(self.alphas),
+                "computed_at": self.computed_at}
+
+    def load_state_dict(self, state):
+        unknown = set(state["segments"]) - set(self.analysed)
+        if unknown:
+            raise ValueError(f"LLR state has layers this model does not: {sorted(unknown)[:5]}")
+        self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
+        self.alphas = dict(state["alphas"])
+        self.computed_at = int(state["computed_at"])
+
+
+# ---- console table ----
+
+LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("gate", "gate_proj"),
+               ("up", "up_proj"), ("down", "down_proj"), ("embed", "embed_tokens"), ("head", "lm_head")]
+
+
+def layer_table(alphas, multipliers, label="alpha"):
+    """One row per layer type (q, k, v, ... from the parameter name), mean/min/max over depth of a
+    per-layer statistic (`label`: alpha here, a noise estimate for another method) and of the multiplier."""
+    def kind(name):
+        return next((t for t, key in LAYER_TYPES if key in name), "other")
+
+    rows = defaultdict(lambda: ([], []))
+    for col, values in enumerate((alphas, multipliers)):
+        for name, v in values.items():
+            rows[kind(name)][col].append(float(v))
+    stats = lambda xs: f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs else f"{'-':>11} {'-':>7} {'-':>7}"
+    cols = lambda name: f"{name[:6] + ' mean':>11} {'min':>7} {'max':>7}"
+    lines = [f"{'layer':<6} {'n':>3} | {cols(label)} | {cols('mult')}"]
+    for t in [t for t, _ in LAYER_TYPES] + ["other"]:
+        if t in rows:
+            a, m = rows[t]
+            lines.append(f"{t:<6} {max(len(a), len(m)):>3} | {stats(a)} | {stats(m)}")
+    return "\n".join(lines)
+
+
+# ---- Muon ----
+
+
+def orthogonalize(u, steps=5, dtype=None):
+    """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T  (SPEC 2).
+    After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd
+    quintic p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T.
+    The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular
+    values grow fast, at the price of not converging to 1: after 5 steps they oscillate in roughly
+    [0.5, 1.5], which trains as well as exact U V^T at a fraction of the cost of an SVD.
+    Runs in bfloat16 on CUDA (tensor cores), float32 elsewhere."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    dtype = dtype or (torch.bfloat16 if u.is_cuda else torch.float32)
+    X = u.to(dtype)
+    tall = u.size(-2) > u.size(-1)
+    if tall:
+        X = X.mT  # iterate on the wide side: A = X X^T is then the smaller Gram
+    X = X / (X.norm() + 1e-7)  # torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.addmm(A, A, A, beta=b, alpha=c)  # b A + c A A
+        X = torch.addmm(X, B, X, beta=a)  # a X + B X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-schulz, for 2-D hidden matrices (one per group is normal,
+    so per-layer learning rates work). Same step as torch.optim.Muon:
+        buf = lerp(buf, g, 1 - momentum); u = lerp(g, buf, momentum) if nesterov else buf
+        p *= 1 - lr * weight_decay; p -= adjusted_lr * orthogonalize(u)
+    adjust_lr 'original': lr * sqrt(max(1, rows / cols)) (Keller Jordan); 'match_rms_adamw':
+    lr * 0.2 * sqrt(max(rows, cols)) (Moonlight), which lets Muon reuse AdamW's lr and weight decay."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, adjust_lr="original"):
+        if adjust_lr not in ("original", "match_rms_adamw"):
+            raise ValueError(f"adjust_lr must be 'original' or 'match_rms_adamw', got {adjust_lr!r}")
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr=adjust_lr)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon only takes 2-D matrices, got shape {tuple(p.shape)} "
+                                     f"({group.get('name', 'unnamed')}); give vectors and embeddings to AdamW")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - mu)  # buf = mu * buf + (1 - mu) * g
+                u = g.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
+                update = orthogonalize(u, group["ns_steps"])
+                rows, cols = p.shape
+                scale = math.sqrt(max(1, rows / cols)) if group["adjust_lr"] == "original" else 0.2 * math.sqrt(max(rows, cols))
+                p.mul_(1 - lr * wd)  # decoupled weight decay with the unadjusted lr, as torch.optim.Muon
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+        return loss
