@@ -244,8 +244,8 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "x_train_000001.bin").write_bytes(b"garbage" * 100)
-    (bad / "x_val_000000.bin").write_bytes(b"garbage" * 100)
+    (bad / "x_train_000001.bin").write_bytes(b"garbage!" * 1000)
+    (bad / "x_val_000000.bin").write_bytes(b"garbage!" * 1000)
     r = run_cli(f"--data={bad}", f"--out_dir={tmp_path}/o")
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
 
@@ -326,10 +326,10 @@ def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch)
 
 
 def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
-    kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=4, ramp=3))
+    kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
     assert straight["val_loss"] < 4.0
-    T.train(small(tmp_path / "b", data_dir, stop_after=9, **kw))  # stops in the middle of a ramp
+    T.train(small(tmp_path / "b", data_dir, stop_after=3, **kw))  # stops in the middle of a ramp
     resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
     for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
         assert torch.equal(p, q), n
@@ -345,3 +345,24 @@ def test_muon_split_covers_every_parameter_once():
     assert len(muon_names) == 2 * 7 and not any("embed" in n or "lm_head" in n for n in muon_names)
     adamw_names = {g["name"] for g in adamw.param_groups}
     assert adamw_names | muon_names == {n for n, _ in model.named_parameters()} and not adamw_names & muon_names
+
+
+def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
+    r = run_cli(f"--data={data_dir}", f"--out_dir={tmp_path}/cli", "--optimizer=muon", "--lanton", "--lanton_every=4",
+                "--max_steps=12", "--batch_size=4", "--seq_len=32", "--eval_interval=6", "--eval_steps=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "noise" in r.stdout and "lanton" in r.stdout.splitlines()[-1]
+    records = [json.loads(l) for l in open(tmp_path / "cli" / "metrics.jsonl")]
+    lanton = [x for x in records if x.get("method") == "lanton"]
+    assert [x["step"] for x in lanton] == [4, 8]
+    mult = lanton[-1]["multipliers"]
+    hidden = [v for k, v in mult.items() if "_proj" in k]
+    assert max(hidden) == 1.0 and 0 < min(hidden) < 1  # the least noisy matrix keeps the base lr
+    # resume from a checkpoint taken on the step that holds the previous gradient (step 5: 6 % 3 == 0)
+    kw = dict(optimizer="muon", lanton=True, llr=True, lanton_config=T.LANTONConfig(every=3))
+    straight = T.train(small(tmp_path / "a", data_dir, **kw))
+    T.train(small(tmp_path / "b", data_dir, stop_after=6, **kw))
+    assert torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)["lanton"]["prev"] is not None
+    resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n

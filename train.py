@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from llr import LLR, LLRConfig, Muon, layer_table, param_groups
+from llr import LANTON, LLR, LANTONConfig, LLRConfig, Muon, layer_table, param_groups
 from model import LLaMA, PRESETS, pad_vocab
 
 # ---- data: tokenizers and llm.c token shards ----
@@ -190,9 +190,11 @@ class TrainConfig:
     muon_adjust_lr: str = "original"  # Muon step-size rule: original | match_rms_adamw
     llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
     llr_config: LLRConfig = field(default_factory=LLRConfig)  # set as --llr_<field>=value
+    lanton: bool = False              # layerwise learning rates from each layer's gradient noise (with --llr: their product)
+    lanton_config: LANTONConfig = field(default_factory=LANTONConfig)  # set as --lanton_<field>=value
 
 
-NESTED = {"llr": "llr_config"}  # --llr_interval=40 sets cfg.llr_config.interval
+NESTED = {"llr": "llr_config", "lanton": "lanton_config"}  # --llr_interval=40 sets cfg.llr_config.interval
 CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
            "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"), "preset": tuple(PRESETS)}
 
@@ -282,6 +284,7 @@ def compute_init(cfg):
 
 def compute_cleanup():
     if dist.is_initialized():
+        dist.barrier()  # gloo can abort if a peer tears down while another still talks
         dist.destroy_process_group()
 
 
@@ -348,7 +351,7 @@ def train(cfg):
     print0 = lambda *a: master and print(*a, flush=True)
     torch.manual_seed(cfg.seed)
     warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else cfg.max_steps // 10
-    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr)
+    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr + "-lanton" * cfg.lanton)
     cfg = dataclasses.replace(cfg, out_dir=out_dir, warmup_steps=warmup)  # resolved, as logged and checkpointed
     ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
     if cfg.resume and not os.path.exists(ckpt_path):
@@ -380,7 +383,12 @@ def train(cfg):
     mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
     model = LLaMA(mcfg).to(device)
     optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
-    controllers = {"llr": LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)} if cfg.llr else {}
+    opts = [o for o, _ in optimizers]
+    controllers = {}  # the layerwise methods: each writes group['lr_scale']
+    if cfg.llr:
+        controllers["llr"] = LLR(model, opts, cfg.max_steps, cfg.llr_config)
+    if cfg.lanton:
+        controllers["lanton"] = LANTON(model, opts, cfg.lanton_config)
     step = 0
     if cfg.resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -413,7 +421,7 @@ def train(cfg):
                                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                                "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}) + "\n")
     log = lambda rec: mlog and (mlog.write(json.dumps(rec) + "\n"), mlog.flush())
-    print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' if cfg.llr else ''} | {device} x{world} | "
+    print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
 
     def evaluate():
