@@ -377,3 +377,16 @@ def test_bench_prints_both_figures(tmp_path, corpus, capsys):
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("bench")][0]
     assert "encode_ordinary_batch" in line and line.count("M tok/s") == 2
     assert not (tmp_path / "unused").exists()  # the timed run writes to a temporary directory
+
+
+@NO_GPT2
+def test_train_reads_the_shards_and_refuses_another_tokenizer(tmp_path, corpus):
+    import train
+    docs, inputs = corpus
+    prepare(tmp_path / "gpt2", inputs, tokenizer=GPT2, shard_size=3000)
+    base = dict(max_steps=3, batch_size=2, seq_len=32, eval_interval=0, eval_steps=1, out_dir=str(tmp_path / "run"))
+    s = train.train(train.TrainConfig(data=str(tmp_path / "gpt2"), stop_after=2, **base))
+    assert s["model"].cfg.vocab_size == 50304  # GPT-2's 50257 padded to a multiple of 64
+    prepare(tmp_path / "bytes", inputs, tokenizer="bytes", shard_size=3000)
+    with pytest.raises(train.UsageError, match="tokenizer"):  # resuming on shards of another tokenizer
+        train.train(train.TrainConfig(data=str(tmp_path / "bytes"), resume=True, **base))

@@ -394,8 +394,11 @@ def train(cfg):
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         saved, now = ckpt["config"], dataclasses.asdict(cfg)
         diff = [f"--{k}={saved.get(k)} (now {v})" for k, v in now.items() if k not in RUN_ONLY and saved.get(k) != v]
-        if diff or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
-            raise UsageError(f"{ckpt_path} was trained with other settings: {', '.join(diff) or 'tokenizer ' + ckpt['meta']['tokenizer']}; pass the same ones")
+        if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+            raise UsageError(f"{data_dir} holds {meta['tokenizer']} tokens but {ckpt_path} was trained on {ckpt['meta']['tokenizer']} "
+                             f"tokens; point --data at shards of the same tokenizer")
+        if diff:
+            raise UsageError(f"{ckpt_path} was trained with other settings: {', '.join(diff)}; pass the same ones")
         model.load_state_dict(ckpt["model"])
         for (opt, _), state in zip(optimizers, ckpt["optimizers"]):
             opt.load_state_dict(state)
