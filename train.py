@@ -166,7 +166,7 @@ class UsageError(ValueError):
 class TrainConfig:
     preset: str = "tiny"              # model size: a key of model.PRESETS
     data: str = ""                    # directory of token shards; empty = the embedded pydoc corpus
-    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr]
+    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr][-lanton]
     device: str = "auto"              # auto | cpu | cuda
     seed: int = 1337                  # model init
     max_steps: int = 600              # length of the schedule
@@ -480,9 +480,10 @@ def train(cfg):
                 raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
                                          f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
             # the one place where learning rates are set: the schedule, times each layerwise method's lr_scale
+            mult = lr_mult(step, cfg, warmup)
             for opt, peak in optimizers:
                 for group in opt.param_groups:
-                    group["lr"] = peak * lr_mult(step, cfg, warmup)
+                    group["lr"] = peak * mult
             for method, controller in controllers.items():
                 info = controller.step(step)  # writes group['lr_scale'] on every group
                 if info:
@@ -499,7 +500,7 @@ def train(cfg):
             dt = time.perf_counter() - t0
             train_time += dt
             step += 1
-            lr0 = cfg.lr * lr_mult(step - 1, cfg, warmup)  # the base learning rate of this step
+            lr0 = cfg.lr * mult  # the base learning rate of this step
             log({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
