@@ -31,17 +31,19 @@ from torch import nn
 # ---- spectra and the Hill estimator ----
 
 
-def _eigs64(w):
-    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), in float64.
-    The Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats
-    float32 svdvals (1.2-1.6x on square and tall matrices, 3.3x on wide ones, 2 CPU cores). Gram and
-    eigvalsh both run in float64: a float32 Gram would be 2x faster again but costs up to ~1e-4
-    relative in alpha on spiky spectra (far more under TF32); float64 stays at ~1e-14."""
+def _gram_eigs(w, dtype=None):
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64.
+    The Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it is about
+    3x faster than float32 svdvals on 2 CPU cores (bench.py cost). On CPU it runs in float32: alphas
+    then agree with a float64 reference to ~1e-6 relative, and to 1e-4 on spiky trained-like spectra
+    (tested). On CUDA it runs in float64, because a float32 matmul there may silently run in TF32.
+    dtype=torch.float64 forces float64 (the nuclear norm needs it: a square root turns float32's
+    ~1e-7 * max rounding of zero eigenvalues into ~3e-4 * max per zero singular value)."""
     w = w.detach()
     finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    w = w.masked_fill(~finite[..., None, None], 0).double()
+    w = w.masked_fill(~finite[..., None, None], 0).to(dtype or (torch.float64 if w.is_cuda else torch.float32))
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
-    eigs = torch.linalg.eigvalsh(gram).clamp_min(0)  # rounding can leave tiny negatives
+    eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
     return eigs.masked_fill(~finite[..., None], float("nan"))
 
 
@@ -50,7 +52,7 @@ def esd(weight):
     Accepts one matrix (rows, cols) or a stack of same-shape matrices (B, rows, cols)."""
     if weight.ndim < 2:
         raise ValueError(f"esd needs a matrix, got shape {tuple(weight.shape)}")
-    return _eigs64(weight).float()
+    return _gram_eigs(weight).float()
 
 
 def _hill(eigs, xmin_pos=2.0):
@@ -66,7 +68,7 @@ def _hill(eigs, xmin_pos=2.0):
     alpha = 1 + n / spread
     # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
     # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
-    tiny = N * torch.finfo(torch.float64).eps * eigs[..., -1]
+    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues up to ~3 eps * max
     ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
     return torch.where(ok, alpha, float("nan"))
 
@@ -132,8 +134,8 @@ def _first(group):  # a group is known by its first tensor, never by its positio
 
 
 def nuclear_norm(x):
-    """Sum of singular values of each matrix of a stack, float64: the square roots of the Gram's eigenvalues."""
-    return _eigs64(x).sqrt().sum(-1)
+    """Sum of singular values of each matrix of a stack: the square roots of the Gram's eigenvalues."""
+    return _gram_eigs(x, torch.float64).sqrt().sum(-1)
 
 
 def _roles(model):
@@ -226,7 +228,7 @@ class LLR:
             for c in range(0, len(idx), per_chunk):
                 chunk = idx[c:c + per_chunk]
                 stack = torch.stack([self.measured[j][1].detach() for j in chunk])  # (B, rows, cols)
-                alphas[chunk] = _hill(_eigs64(stack), self.cfg.xmin_pos).to(device)
+                alphas[chunk] = _hill(_gram_eigs(stack), self.cfg.xmin_pos).to(device)
         if world > 1:
             dist.all_reduce(alphas)  # exactly one collective per recompute, on every rank
         return dict(zip([n for n, _ in self.measured], alphas.tolist()))  # the one host sync

@@ -98,7 +98,7 @@ def test_fast_route_alpha_matches_svdvals_reference(shape):
         assert hill_alpha(esd(w)) == pytest.approx(ref_alpha(w), rel=1e-4)
     # batched path: a stack of same-shape matrices in one call, each row as if alone
     stack = torch.stack([randn(*shape, seed=s, std=0.02) for s in range(3)] + [spiky(*shape, seed=9)])
-    alphas = llr._hill(llr._eigs64(stack))
+    alphas = llr._hill(llr._gram_eigs(stack))
     assert alphas.shape == (4,)
     for a, w in zip(alphas.tolist(), stack):
         assert a == pytest.approx(ref_alpha(w), rel=1e-4)
@@ -359,8 +359,8 @@ def ddp_run():
 def _ddp_worker(rank, world, store, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     seen = []
-    eig = llr._eigs64
-    llr._eigs64 = lambda w: (seen.append(w.shape[0]), eig(w))[1]
+    eig = llr._gram_eigs
+    llr._gram_eigs = lambda w: (seen.append(w.shape[0]), eig(w))[1]
     infos, ctrl = ddp_run()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump({"infos": infos, "scales": [g["lr_scale"] for g in llr._groups(ctrl.optimizers)], "decomposed": sum(seen)}, f)
