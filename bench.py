@@ -89,61 +89,66 @@ def steps_to_reach(curve, target):
 def quality(args):
     data = build_stdlib_corpus(os.path.join("data", "stdlib"))
     base = T.TrainConfig(data=data, max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                         eval_interval=max(1, args.steps // 24), eval_steps=args.eval_steps, log_interval=10**9)
+                         eval_interval=max(1, args.steps // 16), eval_steps=args.eval_steps, log_interval=10**9)
     rows, table = [], []
     for size in args.sizes:
         for opt in args.optimizers:
             lr_key = "lr" if opt == "adamw" else "muon_lr"
             grid = args.adamw_grid if opt == "adamw" else args.muon_grid
 
-            def runs(variant, lr, **kw):
+            def runs(variant, lr, seeds=args.seeds, **kw):
                 cfg = dataclasses.replace(base, preset=size, optimizer=opt, **{lr_key: lr}, **kw)
                 return [run_once(f"{size}-{opt}-{variant}-{lr:g}-s{seed}-{args.steps}", dataclasses.replace(cfg, seed=seed))
-                        for seed in range(args.seeds)]
+                        for seed in range(seeds)]
 
-            # sweep the uniform peak LR; widen the grid while the best sits on its edge
+            # sweep the uniform peak LR (on the first sweep_seeds seeds); widen the grid while the best sits on its edge
             grid = sorted(grid)
-            sweep = {lr: runs("uniform", lr) for lr in grid}
+            sweep = {lr: runs("uniform", lr, args.sweep_seeds) for lr in grid}
             while True:
                 best = min(sweep, key=lambda lr: mean_se([r["final_val"] for r in sweep[lr]])[0])
                 edge = grid[0] / 2 if best == grid[0] else grid[-1] * 2 if best == grid[-1] else None
                 if edge is None or len(grid) >= len(args.adamw_grid) + 2:
                     break
                 grid = sorted(grid + [edge])
-                sweep[edge] = runs("uniform", edge)
-            variants = {"uniform (best LR)": sweep[best]}
+                sweep[edge] = runs("uniform", edge, args.sweep_seeds)
+            sweep[best] = runs("uniform", best)  # all seeds at the chosen LR
+            variants, lr_of = {"uniform (best LR)": sweep[best]}, {}
             variants["LLR soft"] = runs("llr", best, llr=True)
             if opt == "adamw" or args.all_variants:
                 variants["LLR hard"] = runs("llr-hard", best, llr=True, llr_config=llr.LLRConfig(ramp=0))
                 for r_max in (1.5, 5.0):
                     variants[f"LLR r_max={r_max:g}"] = runs(f"llr-rmax{r_max:g}", best, llr=True, llr_config=llr.LLRConfig(r_max=r_max))
                 variants[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = runs("uniform", best * llr.LLRConfig().r_max)
+                lr_of[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = best * llr.LLRConfig().r_max
             if opt == "muon" and hasattr(llr, "LANTON"):
                 variants["LANTON"] = runs("lanton", best, lanton=True)
             ref_mean, ref_se = mean_se([r["final_val"] for r in sweep[best]])
             for lr in grid:
                 m, se = mean_se([r["final_val"] for r in sweep[lr]])
-                table.append(f"| {size} | {opt} | uniform | {lr:g} | {m:.4f} ± {se:.4f} | | |")
+                table.append(f"| {size} | {opt} | uniform sweep, {len(sweep[lr])} seed(s) | {lr:g} | {m:.4f} ± {se:.4f} | | | |")
             for name, rs in variants.items():
                 finals = [r["final_val"] for r in rs]
                 m, se = mean_se(finals)
                 diff_se = math.sqrt(se**2 + ref_se**2) if len(rs) > 1 else float("nan")
-                reach = [steps_to_reach(r["val"], ref_mean) for r in rs]
-                speedup = args.steps / statistics.mean(reach) if all(reach) else None
-                overhead = statistics.mean(r["overhead"].get("llr", r["overhead"].get("lanton", 0.0)) for r in rs)
-                rows.append({"size": size, "optimizer": opt, "variant": name, "lr": best, "mean": m, "se": se,
+                curve = [(s, statistics.mean(r["val"][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0]["val"])]  # mean over seeds
+                reach = steps_to_reach(curve, ref_mean)
+                speedup = args.steps / reach if reach else None
+                overhead = statistics.mean(sum(r["overhead"].values()) for r in rs)
+                lr = lr_of.get(name, best)
+                rows.append({"size": size, "optimizer": opt, "variant": name, "lr": lr, "mean": m, "se": se,
                              "diff": m - ref_mean, "significant": abs(m - ref_mean) > 2 * diff_se, "speedup": speedup,
                              "overhead": overhead, "seeds": len(rs), "finals": finals})
                 sig = "yes" if rows[-1]["significant"] else "no"
-                table.append(f"| {size} | {opt} | {name} | {best:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
-                             f"{'%.2fx' % speedup if speedup else '-'} |")
+                table.append(f"| {size} | {opt} | {name}, {len(rs)} seeds | {lr:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
+                             f"{'%.2fx' % speedup if speedup else '< 1x'} | {100 * overhead:.1f}% |")
             plot_curves(size, opt, variants)
             if variants["LLR soft"][0]["llr"]:
                 plot_heatmap(size, opt, variants["LLR soft"][0]["llr"])
-    header = ["| size | optimizer | run | peak LR | final val loss (mean ± s.e.) | vs best uniform (> 2 s.e.?) | speedup |",
-              "|---|---|---|---|---|---|---|"]
+    header = ["| size | optimizer | run | peak LR | final val loss (mean ± s.e.) | vs best uniform (> 2 s.e.?) | speedup | LR-method time |",
+              "|---|---|---|---|---|---|---|---|"]
     return {"rows": rows, "table": "\n".join(header + table),
-            "setup": {"steps": args.steps, "seeds": args.seeds, "batch_size": args.batch_size, "seq_len": args.seq_len}}
+            "setup": {"sizes": args.sizes, "steps": args.steps, "seeds": args.seeds, "sweep_seeds": args.sweep_seeds,
+                      "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": base.eval_interval, "eval_steps": args.eval_steps}}
 
 
 def plot_curves(size, opt, variants):
@@ -312,17 +317,18 @@ def main(argv=None):
     p.add_argument("--sizes", default="tiny,small", help="model presets for the quality comparison")
     p.add_argument("--optimizers", default="adamw,muon")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--sweep_seeds", type=int, default=3, help="seeds per LR of the uniform sweep (the chosen LR always gets --seeds)")
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--all_variants", action="store_true", help="also run the ablations with Muon")
     args = p.parse_args(argv)
     args.sizes, args.optimizers = args.sizes.split(","), args.optimizers.split(",")
-    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 10, 5
+    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 128, 8, 5
     args.adamw_grid, args.muon_grid = [1e-3, 2e-3, 4e-3, 8e-3], [0.005, 0.01, 0.02, 0.04]
     args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "llama60m"
     global RESULTS
     if args.quick:  # everything small, written beside the real results so it never mixes with them
         RESULTS = os.path.join(RESULTS, "quick")
-        args.sizes, args.seeds, args.steps, args.batch_size, args.seq_len, args.eval_steps, args.reps = ["tiny"], 2, 24, 4, 64, 2, 2
+        args.sizes, args.seeds, args.sweep_seeds, args.steps, args.batch_size, args.seq_len, args.eval_steps, args.reps = ["tiny"], 2, 1, 24, 4, 64, 2, 2
         args.adamw_grid, args.muon_grid = [2e-3, 4e-3], [0.01, 0.02]
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
     os.makedirs(RESULTS, exist_ok=True)
@@ -334,7 +340,8 @@ def main(argv=None):
             report[name] = fn(args)
             if name == "quality":
                 print(report[name]["table"])
-            with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+            fname = name if name != "quality" else f"quality_{'-'.join(args.sizes)}"  # one file per size set
+            with open(os.path.join(RESULTS, f"{fname}.json"), "w") as f:
                 json.dump({"env": env, **({name: report[name]})}, f, indent=1)
     return report
 
