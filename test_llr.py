@@ -103,6 +103,18 @@ def test_overfits_one_batch():
     assert loss.item() < 0.05
 
 
+def test_rmsnorm_is_the_formula():
+    from model import RMSNorm
+    norm = RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 64) * 7
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.equal(norm(x), ref)  # the fused kernel is bitwise the explicit formula on CPU
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+    torch.testing.assert_close(norm(x.bfloat16()).float(), ref, rtol=2e-2, atol=2e-2)
+
+
 def test_rope_buffers_not_in_checkpoint():
     sd = LLaMA(ModelConfig(dim=64, n_layers=1, vocab_size=64, max_seq_len=8)).state_dict()
     assert not any("rope" in k for k in sd)
@@ -366,3 +378,24 @@ def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
     for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
+    """python bench.py all --quick, the smoke test of the benchmark (the issue asks for under two minutes)."""
+    import bench
+    monkeypatch.chdir(tmp_path)  # results/ and data/ go here
+    report = bench.main(["all", "--quick"])
+    rows = {(r["optimizer"], r["variant"]): r for r in report["quality"]["rows"]}
+    assert {("adamw", "LLR soft"), ("adamw", "LLR hard"), ("adamw", "uniform at 3x LR"), ("muon", "LLR soft"),
+            ("muon", "LANTON")} <= set(rows)
+    assert all(math.isfinite(r["mean"]) and r["seeds"] == 2 for r in rows.values())
+    assert rows[("adamw", "uniform (best LR)")]["diff"] == 0.0
+    assert rows[("adamw", "LLR soft")]["overhead"] > 0 and rows[("adamw", "uniform (best LR)")]["overhead"] == 0
+    assert "| tiny | muon | LANTON" in report["quality"]["table"]
+    cost = report["cost"]
+    assert cost["llama60m"]["matrices"] == 14 and cost["llama60m"]["max_rel_diff"] < 1e-4  # our alphas = the official route's
+    assert cost["train_tiny"]["recomputes"] >= 1 and 0 < cost["train_tiny"]["fraction"] < 1
+    assert report["speed"]["muon"]["ours_ms"] > 0 and report["speed"]["muon"]["torch.optim.Muon_ms"] > 0
+    for name in ("quality_tiny", "cost", "speed"):
+        with open(tmp_path / "results" / "quick" / f"{name}.json") as f:
+            assert json.load(f)["env"]["cores"] == os.cpu_count()
