@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import pathlib
 import platform
 import statistics
 import sysconfig
@@ -34,19 +35,9 @@ RESULTS = "results"
 
 def build_stdlib_corpus(data_dir):
     """Byte tokens of every .py file of the standard library (tests excluded); every 20th file is validation."""
-    if T.list_shards(data_dir, "train"):
-        return data_dir
     root = sysconfig.get_paths()["stdlib"]
     files = sorted(f for f in glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py") if "/test" not in f)
-    enc = T.get_tokenizer("bytes")
-    split = {"val": [], "train": []}
-    for i, path in enumerate(files):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            split["val" if i % 20 == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(f.read())
-    os.makedirs(data_dir, exist_ok=True)
-    T.write_shard(os.path.join(data_dir, "stdlib_val_000000.bin"), split["val"])
-    T.write_shard(os.path.join(data_dir, "stdlib_train_000001.bin"), split["train"])
-    T.write_meta(data_dir, enc)
+    T.build_byte_corpus(data_dir, "stdlib", (pathlib.Path(f).read_text("utf-8", "replace") for f in files), val_every=20)
     return data_dir
 
 
@@ -132,7 +123,7 @@ def quality(args):
                 diff_se = math.sqrt(se**2 + ref_se**2) if len(rs) > 1 else float("nan")
                 curve = [(s, statistics.mean(r["val"][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0]["val"])]  # mean over seeds
                 reach = steps_to_reach(curve, ref_mean)
-                speedup = args.steps / reach if reach else None
+                speedup = args.steps / reach if reach and rs is not sweep[best] else None
                 overhead = statistics.mean(sum(r["overhead"].values()) for r in rs)
                 lr = lr_of.get(name, best)
                 rows.append({"size": size, "optimizer": opt, "variant": name, "lr": lr, "mean": m, "se": se,
@@ -140,7 +131,7 @@ def quality(args):
                              "overhead": overhead, "seeds": len(rs), "finals": finals})
                 sig = "yes" if rows[-1]["significant"] else "no"
                 table.append(f"| {size} | {opt} | {name}, {len(rs)} seeds | {lr:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
-                             f"{'%.2fx' % speedup if speedup else '< 1x'} | {100 * overhead:.1f}% |")
+                             f"{'%.2fx' % speedup if speedup else 'reference' if rs is sweep[best] else '< 1x'} | {100 * overhead:.1f}% |")
             plot_curves(size, opt, variants)
             if variants["LLR soft"][0]["llr"]:
                 plot_heatmap(size, opt, variants["LLR soft"][0]["llr"])
@@ -227,19 +218,20 @@ def cost(args):
         rows[preset] = {"matrices": len(shapes), "ours_s": t_ours, "official_s": t_ref, "ratio": t_ref / t_ours, "max_rel_diff": rel}
         print(f"ESD + Hill alpha of {len(shapes)} matrices of {preset}: ours {t_ours:.2f}s, official {t_ref:.2f}s, "
               f"{t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}", flush=True)
-    # one recompute inside a real training run of the CPU preset, and its share of training time
+    # one recompute inside a real training run of the CPU preset, and its share of training time (LANTON's too)
     steps = 40 if args.quick else 200
-    out = os.path.join(RESULTS, "out", f"cost-{steps}")
-    for name in ("ckpt.pt", "metrics.jsonl"):
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
-    s = T.train(T.TrainConfig(out_dir=out, max_steps=steps, llr=True, eval_interval=0, log_interval=10**9,
-                              **({"batch_size": 4, "seq_len": 64} if args.quick else {})))
-    n_recompute = len([line for line in open(os.path.join(out, "metrics.jsonl")) if '"method": "llr"' in line])
-    rows["train_tiny"] = {"steps": steps, "recomputes": n_recompute, "llr_s": s["llr_seconds"], "train_s": s["train_seconds"],
-                          "per_recompute_s": s["llr_seconds"] / max(1, n_recompute), "fraction": s["llr_fraction"]}
-    print(f"tiny, {steps} steps with --llr: {n_recompute} recomputes, {rows['train_tiny']['per_recompute_s'] * 1000:.1f} ms each, "
-          f"{100 * s['llr_fraction']:.2f}% of training time", flush=True)
+    for method, kw in (("llr", {"llr": True}), ("lanton", {"lanton": True, "optimizer": "muon"})):
+        out = os.path.join(RESULTS, "out", f"cost-{method}-{steps}")
+        for name in ("ckpt.pt", "metrics.jsonl"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        s = T.train(T.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0, log_interval=10**9, **kw,
+                                  **({"batch_size": 4, "seq_len": 64} if args.quick else {})))
+        n = len([line for line in open(os.path.join(out, "metrics.jsonl")) if f'"method": "{method}"' in line])
+        rows[f"train_tiny_{method}"] = {"steps": steps, "refreshes": n, "seconds": s[f"{method}_seconds"], "train_s": s["train_seconds"],
+                                        "per_refresh_s": s[f"{method}_seconds"] / max(1, n), "fraction": s[f"{method}_fraction"]}
+        print(f"tiny, {steps} steps with --{method}{' (Muon)' if method == 'lanton' else ''}: {n} refreshes, "
+              f"{s[f'{method}_seconds'] / max(1, n) * 1000:.1f} ms each, {100 * s[f'{method}_fraction']:.2f}% of training time", flush=True)
     return rows
 
 
@@ -269,6 +261,11 @@ def timed_alternately(fns, reps):
 
 def speed(args):
     rows = {}
+    try:
+        import transformers  # noqa: F401  (requirements-bench.txt)
+    except ImportError:
+        print("transformers is not installed (pip install -r requirements-bench.txt): model comparison skipped", flush=True)
+        args.speed_presets = []
     for preset in args.speed_presets:
         cfg = dataclasses.replace(PRESETS[preset], max_seq_len=args.seq_len)
         torch.manual_seed(0)
@@ -326,8 +323,8 @@ def main(argv=None):
     args.adamw_grid, args.muon_grid = [1e-3, 2e-3, 4e-3, 8e-3], [0.005, 0.01, 0.02, 0.04]
     args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "llama60m"
     global RESULTS
-    if args.quick:  # everything small, written beside the real results so it never mixes with them
-        RESULTS = os.path.join(RESULTS, "quick")
+    RESULTS = os.path.join("results", "quick") if args.quick else "results"  # quick results never mix with real ones
+    if args.quick:  # everything small
         args.sizes, args.seeds, args.sweep_seeds, args.steps, args.batch_size, args.seq_len, args.eval_steps, args.reps = ["tiny"], 2, 1, 24, 4, 64, 2, 2
         args.adamw_grid, args.muon_grid = [2e-3, 4e-3], [0.01, 0.02]
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"

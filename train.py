@@ -101,29 +101,34 @@ def list_shards(data_dir, split):
     return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
 
 
-def build_embedded_corpus(data_dir):
-    """Python's own documentation (pydoc_data ships with CPython) as byte tokens: works offline anywhere."""
+def build_byte_corpus(data_dir, name, docs, val_every):
+    """Documents (an iterable of str) as byte tokens in data_dir, every val_every-th one validation.
+    Built aside, then renamed: a concurrent or interrupted build never leaves half a corpus."""
     if list_shards(data_dir, "train"):
         return
     import shutil
     import tempfile
-    from pydoc_data.topics import topics
     enc = get_tokenizer("bytes")
-    docs = [topics[k] for k in sorted(topics)]
     split = {"val": [], "train": []}
-    for i, doc in enumerate(docs):  # every 10th document is validation
-        split["val" if i % 10 == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
+    for i, doc in enumerate(docs):
+        split["val" if i % val_every == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
     parent = os.path.dirname(os.path.abspath(data_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent)  # built aside, then renamed: concurrent runs never see half a corpus
-    write_shard(os.path.join(tmp, "pydoc_val_000000.bin"), split["val"])
-    write_shard(os.path.join(tmp, "pydoc_train_000001.bin"), split["train"])
+    tmp = tempfile.mkdtemp(dir=parent)
+    write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
+    write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
     write_meta(tmp, enc)
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, data_dir)
     except OSError:  # another process finished first
         shutil.rmtree(tmp)
+
+
+def build_embedded_corpus(data_dir):
+    """Python's own documentation (pydoc_data ships with CPython) as byte tokens: works offline anywhere."""
+    from pydoc_data.topics import topics
+    build_byte_corpus(data_dir, "pydoc", (topics[k] for k in sorted(topics)), val_every=10)
 
 
 class Loader:
