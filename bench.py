@@ -17,6 +17,7 @@ import math
 import os
 import pathlib
 import platform
+import random
 import statistics
 import sysconfig
 import time
@@ -34,9 +35,11 @@ RESULTS = "results"
 
 
 def build_stdlib_corpus(data_dir):
-    """Byte tokens of every .py file of the standard library (tests excluded); every 20th file is validation."""
+    """Byte tokens of every .py file of the standard library (tests excluded), in a fixed shuffled order
+    so that training does not walk the library alphabetically; every 20th file is validation."""
     root = sysconfig.get_paths()["stdlib"]
     files = sorted(f for f in glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py") if "/test" not in f)
+    random.Random(0).shuffle(files)
     T.build_byte_corpus(data_dir, "stdlib", (pathlib.Path(f).read_text("utf-8", "replace") for f in files), val_every=20)
     return data_dir
 
@@ -319,7 +322,7 @@ def main(argv=None):
     p.add_argument("--all_variants", action="store_true", help="also run the ablations with Muon")
     args = p.parse_args(argv)
     args.sizes, args.optimizers = args.sizes.split(","), args.optimizers.split(",")
-    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 128, 8, 5
+    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 128, 16, 5
     args.adamw_grid, args.muon_grid = [1e-3, 2e-3, 4e-3, 8e-3], [0.005, 0.01, 0.02, 0.04]
     args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "llama60m"
     global RESULTS
