@@ -71,6 +71,35 @@ def run_once(key, cfg):
     return result
 
 
+def track_llr(key, cfg, every):
+    """Alpha of every matrix and the multiplier in force, every `every` steps of one LLR run. The run is
+    repeated in pieces (stop with a checkpoint, resume), which gives the same bits as the run made in
+    one go (checked against it here), so the heatmap shows the very run of the quality table."""
+    path = os.path.join(RESULTS, "runs", key + "-track.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    out = os.path.join(RESULTS, "out", key + "-track")
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    records = []
+    for start in range(0, cfg.max_steps, every):
+        s = T.train(dataclasses.replace(cfg, out_dir=out, stop_after=every, resume=start > 0))
+        model = s["model"]
+        ctrl = llr.LLR(model, torch.optim.SGD(llr.param_groups(model), lr=0.0), cfg.max_steps, cfg.llr_config)
+        ctrl.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["llr"])
+        records.append({"step": s["step"], "alphas": ctrl._measure(),
+                        "multipliers": {n: ctrl.multiplier(n, s["step"]) for n in ctrl.analysed}})
+    first = next(json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"method": "llr"' in line)
+    result = {"records": [first] + records, "final_val": s["val_loss"], "same_bits": s["val_loss"] == run_once(key, cfg)["final_val"]}
+    os.remove(os.path.join(out, "ckpt.pt"))
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+    return result
+
+
 def mean_se(xs):
     return statistics.mean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
 
@@ -136,8 +165,10 @@ def quality(args):
                 table.append(f"| {size} | {opt} | {name}, {len(rs)} seeds | {lr:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
                              f"{'%.2fx' % speedup if speedup else 'reference' if rs is sweep[best] else '< 1x'} | {100 * overhead:.1f}% |")
             plot_curves(size, opt, variants)
-            if variants["LLR soft"][0]["llr"]:
-                plot_heatmap(size, opt, variants["LLR soft"][0]["llr"])
+            track = track_llr(f"{size}-{opt}-llr-{best:g}-s0-{args.steps}", dataclasses.replace(
+                base, preset=size, optimizer=opt, **{lr_key: best}, llr=True, seed=0), every=base.eval_interval)
+            next(r for r in rows[-len(variants):] if r["variant"] == "LLR soft")["track_same_bits"] = track["same_bits"]
+            plot_heatmap(size, opt, track["records"])
     header = ["| size | optimizer | run | peak LR | final val loss (mean ± s.e.) | vs best uniform (> 2 s.e.?) | speedup | LR-method time |",
               "|---|---|---|---|---|---|---|---|"]
     return {"rows": rows, "table": "\n".join(header + table),
@@ -179,7 +210,8 @@ def plot_heatmap(size, opt, records):
     for ax, key in zip(axes, ("alphas", "multipliers")):
         grid = np.array([[r[key][n] for r in records] for n in names])
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set(title=key, xlabel="step", xticks=range(len(records)), xticklabels=[r["step"] for r in records])
+        ticks = range(0, len(records), max(1, len(records) // 8))
+        ax.set(title=key, xlabel="step", xticks=ticks, xticklabels=[records[i]["step"] for i in ticks])
         ax.set_yticks(range(len(names)), [n.replace("layers.", "").replace(".weight", "").replace("self_attn.", "").replace("mlp.", "")
                                           for n in names], fontsize=6)
         fig.colorbar(im, ax=ax)
