@@ -176,19 +176,27 @@ def quality(args):
                       "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": base.eval_interval, "eval_steps": args.eval_steps}}
 
 
-def plot_curves(size, opt, variants):
+def _pyplot():
+    """matplotlib's pyplot without a display, or None when matplotlib (an optional extra) is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
+        return None
+
+
+def plot_curves(size, opt, variants):
+    """Seed-mean validation curves of every variant, from a quarter of the run on (earlier losses would flatten the rest)."""
+    if not (plt := _pyplot()):
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rs in variants.items():
         steps = [s for s, _ in rs[0]["val"]]
-        ax.plot(steps, np.mean([[v for _, v in r["val"]] for r in rs], axis=0), label=name)
+        mean = np.mean([[v for _, v in r["val"]] for r in rs], axis=0)
+        ax.plot(steps[len(steps) // 4:], mean[len(steps) // 4:], label=name)
     ax.set(xlabel="step", ylabel="validation loss", title=f"{size}, {opt} (mean over seeds)")
-    ax.set_ylim(top=min(ax.get_ylim()[1], np.mean([r["val"][len(r["val"]) // 4][1] for r in variants["LLR soft"]])))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"curves_{size}_{opt}.png"), dpi=120)
@@ -196,12 +204,8 @@ def plot_curves(size, opt, variants):
 
 
 def plot_heatmap(size, opt, records):
-    """Alpha and multiplier of every analysed matrix (rows: q..down by depth) at each recompute (columns)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """Alpha and multiplier of every analysed matrix (rows: q..down by depth) at each record (columns)."""
+    if not (plt := _pyplot()):
         return
     order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     names = sorted((n for n in records[0]["alphas"] if any(o in n for o in order)),
