@@ -149,6 +149,29 @@ def _roles(model):
     return roles
 
 
+def _map_groups(model, optimizers, key):
+    """Map every optimizer group to one multiplier key, by tensor identity (never by position).
+    key(name, param) -> the group's key; a group whose tensors need different keys is an error.
+    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
+    names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
+    order = {pid: i for i, pid in enumerate(names)}
+    key_of, seen = {}, {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            keys = set()
+            for p in group["params"]:
+                if id(p) not in names:
+                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
+                seen[id(p)] = p
+                keys.add(key(names[id(p)], p))
+            if len(keys) > 1:
+                members = ", ".join(names[id(p)] for p in group["params"])
+                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
+                                 f"use one group per parameter, e.g. llr.param_groups(model)")
+            key_of[_first(group)] = keys.pop() if keys else None
+    return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
+
+
 
 class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
@@ -166,28 +189,12 @@ class LLR:
         self.cfg = cfg = cfg or LLRConfig()
         self.total_steps = total_steps
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-        names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
-        order = {pid: i for i, pid in enumerate(names)}
         # the embedding and the linear layer that maps back to the vocabulary get the embed_head policy
         special = {i for i, role in _roles(model).items() if role in ("embed", "head")}
-        # map every optimizer group to one multiplier key, by tensor identity (never by position)
-        self.key_of, seen = {}, []  # first tensor of a group -> its multiplier key
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                keys = set()
-                for p in group["params"]:
-                    if id(p) not in names:
-                        raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
-                    seen.append(p)
-                    keys.add("<special>" if id(p) in special else names[id(p)] if p.ndim == 2 else None)
-                if len(keys) > 1:
-                    members = ", ".join(names[id(p)] for p in group["params"])
-                    raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
-                                     f"build the groups with llr.param_groups(model), one tensor per group")
-                self.key_of[_first(group)] = keys.pop() if keys else None
-        seen = sorted({id(p): p for p in seen}.values(), key=lambda p: order[id(p)])
-        self.measured = [(names[id(p)], p) for p in seen if p.ndim == 2]  # embed/head are measured too
-        self.special = {names[id(p)] for p in seen if id(p) in special}
+        key = lambda n, p: "<special>" if id(p) in special else n if p.ndim == 2 else None  # noqa: E731
+        self.key_of, seen = _map_groups(model, self.optimizers, key)
+        self.measured = [(n, p) for n, p in seen if p.ndim == 2]  # embed/head are measured too
+        self.special = {n for n, p in seen if id(p) in special}
         self.analysed = [n for n, _ in self.measured if n not in self.special]
         self.segments = {}  # name -> [start, target, t0]: the multiplier's current linear piece
         self.alphas = {}  # the last finite alphas, for logging
@@ -329,24 +336,9 @@ class LANTON:
     def __init__(self, model, optimizer, cfg=None):
         self.cfg = cfg or LANTONConfig()
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-        names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
-        order = {pid: i for i, pid in enumerate(names)}
         roles = _roles(model)
-        # map every optimizer group to one parameter name, by tensor identity (never by position)
-        self.key_of, seen = {}, {}  # first tensor of a group -> its layer name
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) not in names:
-                        raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
-                    seen[id(p)] = p
-                ids = {id(p) for p in group["params"]}
-                if len(ids) > 1:
-                    members = ", ".join(names[id(p)] for p in group["params"])
-                    raise ValueError(f"one optimizer group holds several layers ({members}), which need different lr "
-                                     f"multipliers; use one group per parameter, e.g. llr.param_groups(model)")
-                self.key_of[_first(group)] = names[ids.pop()] if ids else None
-        self.layers = [(names[i], seen[i], roles[i]) for i in sorted(seen, key=order.get)]  # (name, param, role)
+        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)  # first tensor of a group -> its layer name
+        self.layers = [(n, p, roles[id(p)]) for n, p in seen]  # (name, param, role)
         self.H = {}  # name -> moving average of the squared noise
         self.mult = {}  # name -> current multiplier; a layer not in here has 1
         self.noise = {}  # name -> the last accepted measurement, for logging
