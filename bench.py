@@ -58,6 +58,8 @@ def run_once(key, cfg):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     summary = T.train(dataclasses.replace(cfg, out_dir=out))
+    if summary["step"] != cfg.max_steps:  # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
+        raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; run the benchmark again to redo it")
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     result = {"key": key, "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
               "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
@@ -137,7 +139,7 @@ def quality(args):
             sweep[best] = runs("uniform", best)  # all seeds at the chosen LR
             variants, lr_of = {"uniform (best LR)": sweep[best]}, {}
             variants["LLR soft"] = runs("llr", best, llr=True)
-            if opt == "adamw" or args.all_variants:
+            if opt in args.ablations:
                 variants["LLR hard"] = runs("llr-hard", best, llr=True, llr_config=llr.LLRConfig(ramp=0))
                 for r_max in (1.5, 5.0):
                     variants[f"LLR r_max={r_max:g}"] = runs(f"llr-rmax{r_max:g}", best, llr=True, llr_config=llr.LLRConfig(r_max=r_max))
@@ -165,6 +167,8 @@ def quality(args):
                 table.append(f"| {size} | {opt} | {name}, {len(rs)} seeds | {lr:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
                              f"{'%.2fx' % speedup if speedup else 'reference' if rs is sweep[best] else '< 1x'} | {100 * overhead:.1f}% |")
             plot_curves(size, opt, variants)
+            if opt not in args.ablations:
+                continue
             track = track_llr(f"{size}-{opt}-llr-{best:g}-s0-{args.steps}", dataclasses.replace(
                 base, preset=size, optimizer=opt, **{lr_key: best}, llr=True, seed=0), every=base.eval_interval)
             next(r for r in rows[-len(variants):] if r["variant"] == "LLR soft")["track_same_bits"] = track["same_bits"]
@@ -353,14 +357,14 @@ def main(argv=None):
     p.add_argument("--sizes", default="tiny,small", help="model presets for the quality comparison")
     p.add_argument("--optimizers", default="adamw,muon")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sweep_seeds", type=int, default=3, help="seeds per LR of the uniform sweep (the chosen LR always gets --seeds)")
+    p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per LR of the uniform sweep (the chosen LR always gets --seeds)")
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--all_variants", action="store_true", help="also run the ablations with Muon")
+    p.add_argument("--ablations", default="adamw", help="optimizers that get the ablations (hard switching, r_max, uniform at r_max x LR) and the alpha heatmap; '' for none")
     args = p.parse_args(argv)
-    args.sizes, args.optimizers = args.sizes.split(","), args.optimizers.split(",")
+    args.sizes, args.optimizers, args.ablations = args.sizes.split(","), args.optimizers.split(","), args.ablations.split(",")
     args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 128, 16, 5
-    args.adamw_grid, args.muon_grid = [1e-3, 2e-3, 4e-3, 8e-3], [0.005, 0.01, 0.02, 0.04]
-    args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "llama60m"
+    args.adamw_grid, args.muon_grid = [5e-4, 1e-3, 2e-3, 4e-3], [0.005, 0.01, 0.02, 0.04]
+    args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "tiny"
     global RESULTS
     RESULTS = os.path.join("results", "quick") if args.quick else "results"  # quick results never mix with real ones
     if args.quick:  # everything small
