@@ -47,6 +47,21 @@ def build_stdlib_corpus(data_dir):
 # ---- 1. quality: LLR against a properly tuned uniform learning rate ----
 
 
+def start_over(out):
+    """Remove what an earlier, unfinished run left in out (its checkpoint and metrics)."""
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
+def save_json(path, obj):
+    """Written aside, then renamed: an interrupted benchmark never leaves half a result."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
+
+
 def run_once(key, cfg):
     """One training run, cached as results/runs/<key>.json so an interrupted benchmark resumes where it stopped."""
     path = os.path.join(RESULTS, "runs", key + ".json")
@@ -54,9 +69,7 @@ def run_once(key, cfg):
         with open(path) as f:
             return json.load(f)
     out = os.path.join(RESULTS, "out", key)
-    for name in ("ckpt.pt", "metrics.jsonl"):  # a run cut off before it finished starts over
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
+    start_over(out)  # a run cut off before it finished starts over
     summary = T.train(dataclasses.replace(cfg, out_dir=out))
     if summary["step"] != cfg.max_steps:  # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
         raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; run the benchmark again to redo it")
@@ -66,10 +79,7 @@ def run_once(key, cfg):
               "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
               "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+    save_json(path, result)
     return result
 
 
@@ -82,9 +92,7 @@ def track_llr(key, cfg, every):
         with open(path) as f:
             return json.load(f)
     out = os.path.join(RESULTS, "out", key + "-track")
-    for name in ("ckpt.pt", "metrics.jsonl"):
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
+    start_over(out)
     records = []
     for start in range(0, cfg.max_steps, every):
         s = T.train(dataclasses.replace(cfg, out_dir=out, stop_after=every, resume=start > 0))
@@ -96,9 +104,7 @@ def track_llr(key, cfg, every):
     first = next(json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"method": "llr"' in line)
     result = {"records": [first] + records, "final_val": s["val_loss"], "same_bits": s["val_loss"] == run_once(key, cfg)["final_val"]}
     os.remove(os.path.join(out, "ckpt.pt"))
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+    save_json(path, result)
     return result
 
 
@@ -265,9 +271,7 @@ def cost(args):
     steps = 40 if args.quick else 200
     for method, kw in (("llr", {"llr": True}), ("lanton", {"lanton": True, "optimizer": "muon"})):
         out = os.path.join(RESULTS, "out", f"cost-{method}-{steps}")
-        for name in ("ckpt.pt", "metrics.jsonl"):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+        start_over(out)
         s = T.train(T.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0, log_interval=10**9, **kw,
                                   **({"batch_size": 4, "seq_len": 64} if args.quick else {})))
         n = len([line for line in open(os.path.join(out, "metrics.jsonl")) if f'"method": "{method}"' in line])
