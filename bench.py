@@ -151,7 +151,7 @@ def quality(args):
                     variants[f"LLR r_max={r_max:g}"] = runs(f"llr-rmax{r_max:g}", best, llr=True, llr_config=llr.LLRConfig(r_max=r_max))
                 variants[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = runs("uniform", best * llr.LLRConfig().r_max)
                 lr_of[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = best * llr.LLRConfig().r_max
-            if opt == "muon" and hasattr(llr, "LANTON"):
+            if opt == "muon":
                 variants["LANTON"] = runs("lanton", best, lanton=True)
             ref_mean, ref_se = mean_se([r["final_val"] for r in sweep[best]])
             for lr in grid:

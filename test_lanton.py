@@ -14,8 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import lanton
 import llr
-from llr import LANTON, LANTONConfig, nuclear_norm
+from lanton import LANTON, LANTONConfig
+from llr import nuclear_norm
 
 # ---- the nuclear norm ----
 
@@ -256,8 +258,8 @@ def test_load_rejects_unknown_layers():
 def _ddp_worker(rank, world, store, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     decomposed = []
-    nuc = llr.nuclear_norm
-    llr.nuclear_norm = lambda x: (decomposed.append(x.shape[0]), nuc(x))[1]
+    nuc = lanton.nuclear_norm
+    lanton.nuclear_norm = lambda x: (decomposed.append(x.shape[0]), nuc(x))[1]
     result = {}
     for label, grad_rank in (("same", 0), ("differ", rank)):  # "differ": gradients that disagree across ranks
         model, opt = toy()

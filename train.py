@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from llr import LANTON, LLR, LANTONConfig, LLRConfig, Muon, layer_table, param_groups
+from lanton import LANTON, LANTONConfig
+from llr import LLR, LLRConfig, Muon, layer_table, param_groups
 from model import LLaMA, PRESETS, pad_vocab
 
 # ---- data: tokenizers and llm.c token shards ----

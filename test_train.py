@@ -1,0 +1,404 @@
+"""
+The test suite: CPU only, no network, seconds per test.
+
+    python -m pytest -q test_train.py
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import train as T
+from model import LLaMA, ModelConfig, PRESETS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_cli(*args, timeout=300, **kw):
+    """python train.py ... as a user runs it; returns the finished process."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=kw.pop("cwd", HERE), **kw)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Small byte-level shards made from the embedded corpus builder, in a temporary directory."""
+    d = str(tmp_path_factory.mktemp("data") / "pydoc")
+    T.build_embedded_corpus(d)
+    return d
+
+
+def small(tmp_path, data_dir, **kw):
+    """A config that trains in about a second on 2 cores."""
+    base = dict(data=data_dir, out_dir=str(tmp_path / "out"), max_steps=20, batch_size=4, seq_len=32,
+                eval_interval=10, eval_steps=2, log_interval=5)
+    return T.TrainConfig(**{**base, **kw})
+
+
+# ---- model ----
+
+
+def test_model_shapes_and_gqa():
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, max_seq_len=16)
+    model = LLaMA(cfg)
+    idx = torch.randint(0, 128, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 128) and loss is None
+    assert model.layers[0].self_attn.k_proj.weight.shape == (2 * 16, 64)  # 2 kv heads of head_dim 16
+    assert cfg.ffn_dim == 192  # 8/3 * 64 = 170.7, rounded up to a multiple of 32
+    names = {n for n, _ in model.named_parameters()}
+    for name in ["embed_tokens.weight", "lm_head.weight", "norm.weight", "layers.1.self_attn.q_proj.weight",
+                 "layers.1.mlp.down_proj.weight", "layers.0.input_layernorm.weight", "layers.0.post_attention_layernorm.weight"]:
+        assert name in names
+
+
+def test_presets_match_the_paper():
+    for name, dim, layers, heads, ffn in [("llama60m", 768, 6, 12, 1512), ("llama135m", 768, 12, 12, 2048),
+                                          ("llama350m", 1024, 24, 16, 2736), ("llama1b", 2048, 24, 32, 5461)]:
+        c = PRESETS[name]
+        assert (c.dim, c.n_layers, c.n_heads, c.ffn_dim, c.vocab_size) == (dim, layers, heads, ffn, 50304)
+        assert c.dim // c.n_heads == 64 and not c.tie_embeddings
+    with torch.device("meta"):
+        assert 0.9e6 < LLaMA(PRESETS["tiny"]).num_params() < 1.1e6
+
+
+def test_causality():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=128, max_seq_len=16))
+    a = torch.randint(0, 128, (2, 16))
+    b = a.clone()
+    b[:, 10:] = torch.randint(0, 128, (2, 6))  # change only the future
+    la, lb = model(a)[0], model(b)[0]
+    torch.testing.assert_close(la[:, :10], lb[:, :10])
+    assert not torch.allclose(la[:, 10:], lb[:, 10:])
+
+
+def test_loss_at_init_near_ln_vocab():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(vocab_size=320, max_seq_len=64))
+    idx = torch.randint(0, 320, (4, 64))
+    loss = model(idx, idx)[1].item()
+    assert abs(loss - math.log(320)) < 0.1
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=64, max_seq_len=32))
+    idx = torch.randint(0, 64, (2, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(idx[:, :-1], idx[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_rmsnorm_is_the_formula():
+    from model import RMSNorm
+    norm = RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 64) * 7
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.equal(norm(x), ref)  # the fused kernel is bitwise the explicit formula on CPU
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+    torch.testing.assert_close(norm(x.bfloat16()).float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_rope_buffers_not_in_checkpoint():
+    sd = LLaMA(ModelConfig(dim=64, n_layers=1, vocab_size=64, max_seq_len=8)).state_dict()
+    assert not any("rope" in k for k in sd)
+
+
+# ---- data ----
+
+
+def test_shard_round_trip_and_bad_headers(tmp_path):
+    path = str(tmp_path / "x_train_000001.bin")
+    tokens = np.random.default_rng(0).integers(0, 50257, 1000)
+    T.write_shard(path, tokens)
+    assert os.path.getsize(path) == 256 * 4 + 2 * 1000
+    np.testing.assert_array_equal(T.read_shard(path), tokens)
+    raw = bytearray(open(path, "rb").read())
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="too small"):
+        T.read_shard(str(bad))
+    bad.write_bytes(b"\x01\x02\x03\x04" + raw[4:])
+    with pytest.raises(ValueError, match="magic"):
+        T.read_shard(str(bad))
+    bad.write_bytes(raw[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        T.read_shard(str(bad))
+
+
+def test_tokenizers_offline():
+    enc = T.get_tokenizer("bytes")
+    assert enc.n_vocab == 257 and enc.eot_token == 256
+    assert enc.decode(enc.encode_ordinary("héllo wörld")) == "héllo wörld"
+    ranks = os.path.join(HERE, "..", "shared", "data", "gpt2.tiktoken")
+    if not os.path.exists(ranks):
+        pytest.skip("GPT-2 ranks file not found beside the repo")
+    gpt2 = T.get_tokenizer(ranks)
+    assert (gpt2.name, gpt2.n_vocab, gpt2.eot_token) == ("gpt2", 50257, 50256)
+    assert gpt2.encode_ordinary("hello world") == [31373, 995]
+
+
+def test_embedded_corpus(data_dir):
+    assert T.read_meta(data_dir)["tokenizer"] == "bytes"
+    val, train = T.read_shard(T.list_shards(data_dir, "val")[0]), T.read_shard(T.list_shards(data_dir, "train")[0])
+    assert val[0] == 256 and train[0] == 256  # every document starts with end-of-text
+    assert 30_000 < len(val) < len(train) and train.max() <= 256
+
+
+def test_loader_slices_and_resume(tmp_path):
+    files = []
+    for i, n in enumerate([1000, 700]):
+        files.append(str(tmp_path / f"t_train_{i:06d}.bin"))
+        T.write_shard(files[-1], np.arange(n) + 10000 * i)
+    one = T.Loader(files, 2, 8)
+    two = [T.Loader(files, 2, 8, rank=r, world=2) for r in range(2)]
+    for _ in range(40):  # crosses into the second shard and wraps around
+        x, y = one.next_batch()
+        x2, _ = one.next_batch()
+        torch.testing.assert_close(two[0].next_batch()[0], x)  # rank r sees micro-batch r of one process
+        torch.testing.assert_close(two[1].next_batch()[0], x2)
+        torch.testing.assert_close(x[:, 1:], y[:, :-1])
+    state = one.state_dict()
+    expected = [one.next_batch()[0] for _ in range(5)]
+    again = T.Loader(files, 2, 8)
+    again.load_state_dict(state)
+    for e in expected:
+        torch.testing.assert_close(again.next_batch()[0], e)
+
+
+# ---- training ----
+
+
+def test_smoke_train_loss_falls(tmp_path, data_dir):
+    s = T.train(small(tmp_path, data_dir, max_steps=40))
+    records = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl")]
+    assert "config" in records[0] and "torch" in records[0]["versions"]
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(losses) == 40 and losses[-1] < losses[0] - 1.5
+    assert vals[0] > vals[-1] and s["val_loss"] == vals[-1]
+    assert os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
+def test_resume_is_bitwise_exact(tmp_path, data_dir):
+    straight = T.train(small(tmp_path / "a", data_dir))
+    first = T.train(small(tmp_path / "b", data_dir, stop_after=10))
+    assert first["step"] == 10
+    resumed = T.train(small(tmp_path / "b", data_dir, resume=True))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n
+    loss = lambda d: [json.loads(l).get("loss") for l in open(d / "out" / "metrics.jsonl") if '"loss"' in l]
+    assert loss(tmp_path / "a") == loss(tmp_path / "b")
+
+
+def test_resume_refuses_changed_settings(tmp_path, data_dir):
+    T.train(small(tmp_path, data_dir, stop_after=5))
+    with pytest.raises(T.UsageError, match="--lr"):
+        T.train(small(tmp_path, data_dir, resume=True, lr=1e-3))
+    with pytest.raises(T.UsageError, match="already holds a run"):
+        T.train(small(tmp_path, data_dir))
+
+
+def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
+    cfg = small(tmp_path, data_dir, max_steps=30)
+    T.train(dataclasses.replace(cfg, stop_after=10))
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    before = ckpt.read_bytes()
+    # poison the saved weights: the resumed run must stop at its first step and leave the file alone
+    state = torch.load(ckpt, weights_only=False)
+    state["model"]["norm.weight"].fill_(float("nan"))
+    torch.save(state, ckpt)
+    poisoned = ckpt.read_bytes()
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        T.train(dataclasses.replace(cfg, resume=True))
+    assert ckpt.read_bytes() == poisoned != before
+
+
+def test_sigterm_writes_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",
+                          "--max_steps=100000", "--batch_size=4", "--seq_len=32", "--eval_interval=0", "--log_interval=1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # wait until it is training
+        if line.startswith("step 3/"):
+            break
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=60)
+    assert rc == 128 + signal.SIGTERM
+    step = torch.load(out / "ckpt.pt", weights_only=False)["step"]
+    assert 3 <= step < 100000
+
+
+def test_cli_bad_input_exits_2(tmp_path, data_dir):
+    for args, needle in [(["--nope=1"], "unknown option --nope"), (["--max_steps=abc"], "--max_steps=abc"),
+                         (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer=sgd"),
+                         (["--llr_ramp=-1"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
+                         (["--total_batch_tokens=1000", f"--data={data_dir}"], "--total_batch_tokens"),
+                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume")]:
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x_train_000001.bin").write_bytes(b"garbage!" * 1000)
+    (bad / "x_val_000000.bin").write_bytes(b"garbage!" * 1000)
+    r = run_cli(f"--data={bad}", f"--out_dir={tmp_path}/o")
+    assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bare_flag_and_nested_llr_options():
+    cfg = T.parse_args(["--llr", "--llr_interval=7", "--llr_ramp=0", "--lr=1e-3", "--compile=false"])
+    assert cfg.llr and cfg.llr_config.interval == 7 and cfg.llr_config.ramp == 0 and cfg.lr == 1e-3 and not cfg.compile
+
+
+def ddp_worker_script(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {HERE!r})
+        import train
+        cfg = train.parse_args(sys.argv[1:])
+        s = train.train(cfg)
+        rank = __import__("os").environ.get("RANK", "0")
+        torch.save({{k: v for k, v in s["model"].state_dict().items()}}, {str(tmp_path)!r} + f"/weights{{rank}}.pt")
+    """))
+    return script
+
+
+@pytest.mark.parametrize("extra", [(), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")])
+def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
+    script = ddp_worker_script(tmp_path)
+    common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                        *common, f"--out_dir={tmp_path}/two"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = torch.load(tmp_path / "weights0.pt"), torch.load(tmp_path / "weights1.pt")
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    r = subprocess.run([sys.executable, str(script), *common, "--total_batch_tokens=256", f"--out_dir={tmp_path}/one"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "metrics.jsonl") if '"loss"' in l]
+    np.testing.assert_allclose(loss("two"), loss("one"), rtol=1e-4)
+    single = torch.load(tmp_path / "weights0.pt")
+    for k in w0:
+        torch.testing.assert_close(w0[k], single[k], rtol=1e-3, atol=1e-4)
+
+
+# ---- LLR and Muon inside train.py ----
+
+
+def test_train_llr_end_to_end_cli(tmp_path, data_dir):
+    r = run_cli(f"--data={data_dir}", f"--out_dir={tmp_path}/o", "--llr", "--max_steps=30", "--batch_size=4", "--seq_len=32",
+                "--eval_interval=15", "--eval_steps=2", "--llr_interval=3", "--llr_ramp=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "gate" in r.stdout and "mult" in r.stdout and "llr" in r.stdout.splitlines()[-1]
+    records = [json.loads(l) for l in open(tmp_path / "o" / "metrics.jsonl")]
+    llr_records = [x for x in records if x.get("method") == "llr"]
+    assert [x["step"] for x in llr_records] == [0, 3]  # window 0.2 * 30 = 6 steps
+    m = llr_records[0]["multipliers"]
+    assert m["embed_tokens.weight"] == m["lm_head.weight"] == 3.0 and min(m.values()) == 1.0
+    assert set(llr_records[0]["alphas"]) >= {"layers.0.self_attn.q_proj.weight", "layers.4.mlp.down_proj.weight"}
+
+
+def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch):
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append({g["name"]: g["lr"] for g in self.param_groups})
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg = small(tmp_path, data_dir, llr=True, max_steps=10, warmup_steps=0)
+    T.train(cfg)
+    base = cfg.lr * T.lr_mult(0, dataclasses.replace(cfg, warmup_steps=0), 0)
+    lrs = seen[0]
+    assert lrs["layers.0.input_layernorm.weight"] == pytest.approx(base)  # vectors keep the base lr
+    assert lrs["lm_head.weight"] == pytest.approx(3 * base)
+    mats = [v for k, v in lrs.items() if "_proj" in k]
+    assert min(mats) == pytest.approx(base) and max(mats) == pytest.approx(3 * base)
+
+
+def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
+    kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
+    straight = T.train(small(tmp_path / "a", data_dir, **kw))
+    assert straight["val_loss"] < 4.0
+    T.train(small(tmp_path / "b", data_dir, stop_after=3, **kw))  # stops in the middle of a ramp
+    resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n
+    ckpt = torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)
+    assert len(ckpt["optimizers"]) == 2 and ckpt["optimizers"][1]["state"]  # Muon's momentum is saved
+    assert ckpt["llr"]["segments"]
+
+
+def test_muon_split_covers_every_parameter_once():
+    model = LLaMA(ModelConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, max_seq_len=8))
+    (adamw, _), (muon, _) = T.build_optimizers(model, T.TrainConfig(optimizer="muon"), fused=False)
+    muon_names = {g["name"] for g in muon.param_groups}
+    assert len(muon_names) == 2 * 7 and not any("embed" in n or "lm_head" in n for n in muon_names)
+    adamw_names = {g["name"] for g in adamw.param_groups}
+    assert adamw_names | muon_names == {n for n, _ in model.named_parameters()} and not adamw_names & muon_names
+
+
+def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
+    r = run_cli(f"--data={data_dir}", f"--out_dir={tmp_path}/cli", "--optimizer=muon", "--lanton", "--lanton_every=4",
+                "--max_steps=12", "--batch_size=4", "--seq_len=32", "--eval_interval=6", "--eval_steps=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "noise" in r.stdout and "lanton" in r.stdout.splitlines()[-1]
+    records = [json.loads(l) for l in open(tmp_path / "cli" / "metrics.jsonl")]
+    lanton = [x for x in records if x.get("method") == "lanton"]
+    assert [x["step"] for x in lanton] == [4, 8]
+    mult = lanton[-1]["multipliers"]
+    hidden = [v for k, v in mult.items() if "_proj" in k]
+    assert max(hidden) == 1.0 and 0 < min(hidden) < 1  # the least noisy matrix keeps the base lr
+    # resume from a checkpoint taken on the step that holds the previous gradient (step 5: 6 % 3 == 0)
+    kw = dict(optimizer="muon", lanton=True, llr=True, lanton_config=T.LANTONConfig(every=3))
+    straight = T.train(small(tmp_path / "a", data_dir, **kw))
+    T.train(small(tmp_path / "b", data_dir, stop_after=6, **kw))
+    assert torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)["lanton"]["prev"] is not None
+    resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
+    """python bench.py all --quick, the smoke test of the benchmark (the issue asks for under two minutes)."""
+    import bench
+    monkeypatch.chdir(tmp_path)  # results/ and data/ go here
+    report = bench.main(["all", "--quick"])
+    rows = {(r["optimizer"], r["variant"]): r for r in report["quality"]["rows"]}
+    assert {("adamw", "LLR soft"), ("adamw", "LLR hard"), ("adamw", "uniform at 3x LR"), ("muon", "LLR soft"),
+            ("muon", "LANTON")} <= set(rows)
+    assert all(math.isfinite(r["mean"]) and r["seeds"] == 2 for r in rows.values())
+    assert rows[("adamw", "uniform (best LR)")]["diff"] == 0.0
+    assert rows[("adamw", "LLR soft")]["track_same_bits"]  # the heatmap's run in pieces = the run in one go
+    assert "track_same_bits" not in rows[("muon", "LLR soft")]  # ablations and heatmap: AdamW only, by default
+    assert rows[("adamw", "LLR soft")]["overhead"] > 0 and rows[("adamw", "uniform (best LR)")]["overhead"] == 0
+    assert "| tiny | muon | LANTON" in report["quality"]["table"]
+    cost = report["cost"]
+    assert cost["llama60m"]["matrices"] == 14 and cost["llama60m"]["max_rel_diff"] < 1e-4  # our alphas = the official route's
+    for method in ("llr", "lanton"):
+        assert cost[f"train_tiny_{method}"]["refreshes"] >= 1 and 0 < cost[f"train_tiny_{method}"]["fraction"] < 1
+    assert report["speed"]["muon"]["ours_ms"] > 0 and report["speed"]["muon"]["torch.optim.Muon_ms"] > 0
+    for name in ("quality_tiny", "cost", "speed"):
+        with open(tmp_path / "results" / "quick" / f"{name}.json") as f:
+            assert json.load(f)["env"]["cores"] == os.cpu_count()
