@@ -12,6 +12,7 @@ Results go to results/ (JSON, markdown tables, PNG plots if matplotlib is instal
 import argparse
 import dataclasses
 import glob
+import hashlib
 import json
 import math
 import os
@@ -25,11 +26,13 @@ import time
 import numpy as np
 import torch
 
+import lanton
 import llr
 import train as T
-from model import LLaMA, PRESETS, ModelConfig
+from model import LLaMA, PRESETS
 
 RESULTS = "results"
+STDLIB = os.path.join("data", "stdlib")  # the benchmark's corpus, built on first use
 
 # ---- a corpus that does not repeat within a run: the Python standard library's own source ----
 
@@ -45,6 +48,16 @@ def build_stdlib_corpus(data_dir):
 
 
 # ---- 1. quality: LLR against a properly tuned uniform learning rate ----
+#
+# Every finished run is one small JSON in results/runs/ (committed), named by a hash of what decides its result:
+# the resolved training config, the data's bytes, and a fingerprint of the code's numerics. Change any of them
+# and the run is redone; change nothing and the table is rebuilt from the files in seconds, on any machine.
+
+# steps of 16 x 256 tokens: 5.1 tokens per parameter at tiny (1.09M), 5.5 at tiny_gqa (1.00M), 1.05 at small (4.98M)
+SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280}
+GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04], "lanton": [0.01, 0.02, 0.04, 0.08]}
+NOT_IN_KEY = set(T.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}  # settings that do not change a run's record
+FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)  # the official absolute cadence, whatever the run length
 
 
 def start_over(out):
@@ -54,56 +67,77 @@ def start_over(out):
             os.remove(os.path.join(out, name))
 
 
-def save_json(path, obj):
+def save_json(path, obj, **kw):
     """Written aside, then renamed: an interrupted benchmark never leaves half a result."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f)
+        json.dump(obj, f, **kw)
     os.replace(path + ".tmp", path)
 
 
-def run_once(key, cfg):
-    """One training run, cached as results/runs/<key>.json so an interrupted benchmark resumes where it stopped."""
+def sha(path_or_bytes):
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else pathlib.Path(path_or_bytes).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def code_fingerprint():
+    """Losses of a few short runs that go through every numeric path (model, AdamW, Muon, LLR with its ramps,
+    LANTON), rounded to 5 digits so that another CPU's last-bit differences do not count. An edit that changes
+    what training computes changes them, and with them every run's cache key."""
+    import tempfile
+    losses = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data")
+        T.build_byte_corpus(data, "fp", (f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 40 for i in range(40)), val_every=10)
+        for i, kw in enumerate([dict(llr=True, llr_config=llr.LLRConfig(interval=2, ramp=1, window=1.0)),
+                                dict(optimizer="muon", lanton=True, llr=True, llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
+                                     lanton_config=lanton.LANTONConfig(every=2))]):
+            s = T.train(T.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8, batch_size=2, seq_len=32,
+                                      eval_interval=0, eval_steps=2, log_interval=10**9, **kw))
+            losses += [s["train_loss"], s["val_loss"]]
+    return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
+
+
+def command(cfg):
+    """The train.py command line of a config: every setting that differs from train.py's defaults."""
+    args = []
+    for f in dataclasses.fields(cfg):
+        v, d = getattr(cfg, f.name), getattr(T.TrainConfig(), f.name)
+        if f.name in T.NESTED.values():
+            prefix = next(k for k, a in T.NESTED.items() if a == f.name)
+            args += [f"--{prefix}_{g.name}={getattr(v, g.name)}" for g in dataclasses.fields(v) if getattr(v, g.name) != getattr(d, g.name)]
+        elif v != d and f.name not in ("out_dir", "log_interval"):
+            args.append(f"--{f.name}" if v is True else f"--{f.name}={v}")
+    return "python train.py " + " ".join(args)
+
+
+def run_once(cfg, ctx):
+    """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
+    method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
+    lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
+    key = f"{cfg.preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
     path = os.path.join(RESULTS, "runs", key + ".json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     out = os.path.join(RESULTS, "out", key)
     start_over(out)  # a run cut off before it finished starts over
+    print(f"run {key}: {command(cfg)}", flush=True)
     summary = T.train(dataclasses.replace(cfg, out_dir=out))
     if summary["step"] != cfg.max_steps:  # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
         raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; run the benchmark again to redo it")
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    result = {"key": key, "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
+    result = {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"], "code": ctx["code"],
+              "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len, "params": records[0]["params"],
+              "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
+              "train": [(r["step"], r["loss"]) for r in records if "loss" in r and r["step"] % 10 == 0],
+              "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in records if "val_loss" in r and "alphas" in r],
               "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
               "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
               "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
-    save_json(path, result)
-    return result
-
-
-def track_llr(key, cfg, every):
-    """Alpha of every matrix and the multiplier in force, every `every` steps of one LLR run. The run is
-    repeated in pieces (stop with a checkpoint, resume), which gives the same bits as the run made in
-    one go (checked against it here), so the heatmap shows the very run of the quality table."""
-    path = os.path.join(RESULTS, "runs", key + "-track.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    out = os.path.join(RESULTS, "out", key + "-track")
-    start_over(out)
-    records = []
-    for start in range(0, cfg.max_steps, every):
-        s = T.train(dataclasses.replace(cfg, out_dir=out, stop_after=every, resume=start > 0))
-        model = s["model"]
-        ctrl = llr.LLR(model, torch.optim.SGD(llr.param_groups(model), lr=0.0), cfg.max_steps, cfg.llr_config)
-        ctrl.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["llr"])
-        records.append({"step": s["step"], "alphas": ctrl._measure(),
-                        "multipliers": {n: ctrl.multiplier(n, s["step"]) for n in ctrl.analysed}})
-    first = next(json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"method": "llr"' in line)
-    result = {"records": [first] + records, "final_val": s["val_loss"], "same_bits": s["val_loss"] == run_once(key, cfg)["final_val"]}
-    os.remove(os.path.join(out, "ckpt.pt"))
     save_json(path, result)
     return result
 
@@ -113,77 +147,126 @@ def mean_se(xs):
 
 
 def steps_to_reach(curve, target):
-    """First evaluated step whose validation loss is at or below target (None if never)."""
-    return next((s for s, v in curve if v <= target), None)
+    """Step at which a validation curve first reaches target, linear between evaluations (None if never)."""
+    for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
+        if v1 <= target:
+            return s1 if v0 == v1 else s0 + (s1 - s0) * min(1.0, (v0 - target) / (v0 - v1))
+    return None
+
+
+def tune(cfg, knob, grid, ctx, args):
+    """Sweep one setting over a factor-2 grid (sweep_seeds seeds each), widening while the best sits on an edge
+    (at most two more points); the best then gets all seeds. Seeds count up from cfg.seed. Returns (best, {value: runs})."""
+    runs = lambda v, n: [run_once(dataclasses.replace(cfg, **{knob: v}, seed=cfg.seed + s), ctx) for s in range(n)]
+    grid = sorted(grid)
+    sweep = {v: runs(v, args.sweep_seeds) for v in grid}
+    for _ in range(2):
+        best = min(sweep, key=lambda v: statistics.mean(r["final_val"] for r in sweep[v]))
+        edge = grid[0] / 2 if best == grid[0] else grid[-1] * 2 if best == grid[-1] else None
+        if edge is None or len(grid) == 1:
+            break
+        grid = sorted(grid + [edge])
+        sweep[edge] = runs(edge, args.sweep_seeds)
+    best = min(sweep, key=lambda v: statistics.mean(r["final_val"] for r in sweep[v]))
+    sweep[best] = runs(best, args.seeds)
+    return best, sweep
+
+
+def studies(args):
+    """The comparisons, in the order they run. Each tunes one knob of its base config over a grid, then runs every
+    variant at the tuned value with every seed. The base config may use what earlier studies found (`needs`);
+    'vs' names the study whose tuned run it is compared with (itself by default)."""
+    def base(size, **kw):
+        steps = args.steps or SIZES[size]
+        return T.TrainConfig(preset=size, data=STDLIB, max_steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                             eval_interval=max(1, steps // 20), eval_steps=args.eval_steps, log_interval=10**9,
+                             compile=bool(args.compile), **kw)
+
+    llr_ = lambda b, **kw: dict(llr=True, **kw)
+    yield dict(name="demo", base=lambda found: T.TrainConfig(log_interval=10**9), knob="lr", grid=GRIDS["lr"], variants={"LLR": llr_})
+    yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
+               variants={"LLR": llr_, "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE),
+                         "LLR, hard switching": lambda b: llr_(b, llr_config=llr.LLRConfig(ramp=0)),
+                         "uniform at 3x LR": lambda b: dict(lr=3 * b)})
+    yield dict(name="tiny-muon", needs=["tiny-adamw"], base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]), knob="muon_lr",
+               grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one"))})
+    yield dict(name="small-adamw", base=lambda found: base("small"), knob="lr", grid=GRIDS["lr"],
+               variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
+                         "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True)),
+                         "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE)})
+    yield dict(name="tiny-adamw-official", base=lambda found: base("tiny", beta2=0.999, grad_clip=0.0), knob="lr",
+               grid=GRIDS["lr"], variants={"LLR": llr_})
+    yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"], base=lambda found: base("tiny", optimizer="muon", lanton=True, lr=found["tiny-adamw"]),
+               knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
+    yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
+               grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
+
+
+STUDY_NAMES = ["demo", "tiny-adamw", "tiny-muon", "small-adamw", "tiny-adamw-official", "tiny-lanton", "tiny_gqa-adamw"]
 
 
 def quality(args):
-    data = build_stdlib_corpus(os.path.join("data", "stdlib"))
-    base = T.TrainConfig(data=data, max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                         eval_interval=max(1, args.steps // 16), eval_steps=args.eval_steps, log_interval=10**9)
-    rows, table = [], []
-    for size in args.sizes:
-        for opt in args.optimizers:
-            lr_key = "lr" if opt == "adamw" else "muon_lr"
-            grid = args.adamw_grid if opt == "adamw" else args.muon_grid
-
-            def runs(variant, lr, seeds=args.seeds, **kw):
-                cfg = dataclasses.replace(base, preset=size, optimizer=opt, **{lr_key: lr}, **kw)
-                return [run_once(f"{size}-{opt}-{variant}-{lr:g}-s{seed}-{args.steps}", dataclasses.replace(cfg, seed=seed))
-                        for seed in range(seeds)]
-
-            # sweep the uniform peak LR (on the first sweep_seeds seeds); widen the grid while the best sits on its edge
-            grid = sorted(grid)
-            sweep = {lr: runs("uniform", lr, args.sweep_seeds) for lr in grid}
-            while True:
-                best = min(sweep, key=lambda lr: mean_se([r["final_val"] for r in sweep[lr]])[0])
-                edge = grid[0] / 2 if best == grid[0] else grid[-1] * 2 if best == grid[-1] else None
-                if edge is None or len(grid) >= len(args.adamw_grid) + 2:
-                    break
-                grid = sorted(grid + [edge])
-                sweep[edge] = runs("uniform", edge, args.sweep_seeds)
-            sweep[best] = runs("uniform", best)  # all seeds at the chosen LR
-            variants, lr_of = {"uniform (best LR)": sweep[best]}, {}
-            variants["LLR soft"] = runs("llr", best, llr=True)
-            if opt in args.ablations:
-                variants["LLR hard"] = runs("llr-hard", best, llr=True, llr_config=llr.LLRConfig(ramp=0))
-                for r_max in (1.5, 5.0):
-                    variants[f"LLR r_max={r_max:g}"] = runs(f"llr-rmax{r_max:g}", best, llr=True, llr_config=llr.LLRConfig(r_max=r_max))
-                variants[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = runs("uniform", best * llr.LLRConfig().r_max)
-                lr_of[f"uniform at {llr.LLRConfig().r_max:g}x LR"] = best * llr.LLRConfig().r_max
-            if opt == "muon":
-                variants["LANTON"] = runs("lanton", best, lanton=True)
-            ref_mean, ref_se = mean_se([r["final_val"] for r in sweep[best]])
-            for lr in grid:
-                m, se = mean_se([r["final_val"] for r in sweep[lr]])
-                table.append(f"| {size} | {opt} | uniform sweep, {len(sweep[lr])} seed(s) | {lr:g} | {m:.4f} ± {se:.4f} | | | |")
-            for name, rs in variants.items():
-                finals = [r["final_val"] for r in rs]
-                m, se = mean_se(finals)
-                diff_se = math.sqrt(se**2 + ref_se**2) if len(rs) > 1 else float("nan")
-                curve = [(s, statistics.mean(r["val"][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0]["val"])]  # mean over seeds
-                reach = steps_to_reach(curve, ref_mean)
-                speedup = args.steps / reach if reach and rs is not sweep[best] else None
-                overhead = statistics.mean(sum(r["overhead"].values()) for r in rs)
-                lr = lr_of.get(name, best)
-                rows.append({"size": size, "optimizer": opt, "variant": name, "lr": lr, "mean": m, "se": se,
-                             "diff": m - ref_mean, "significant": abs(m - ref_mean) > 2 * diff_se, "speedup": speedup,
-                             "overhead": overhead, "seeds": len(rs), "finals": finals})
-                sig = "yes" if rows[-1]["significant"] else "no"
-                table.append(f"| {size} | {opt} | {name}, {len(rs)} seeds | {lr:g} | {m:.4f} ± {se:.4f} | {m - ref_mean:+.4f} ({sig}) | "
-                             f"{'%.2fx' % speedup if speedup else 'reference' if rs is sweep[best] else '< 1x'} | {100 * overhead:.1f}% |")
-            plot_curves(size, opt, variants)
-            if opt not in args.ablations:
-                continue
-            track = track_llr(f"{size}-{opt}-llr-{best:g}-s0-{args.steps}", dataclasses.replace(
-                base, preset=size, optimizer=opt, **{lr_key: best}, llr=True, seed=0), every=base.eval_interval)
-            next(r for r in rows[-len(variants):] if r["variant"] == "LLR soft")["track_same_bits"] = track["same_bits"]
-            plot_heatmap(size, opt, track["records"])
-    header = ["| size | optimizer | run | peak LR | final val loss (mean ± s.e.) | vs best uniform (> 2 s.e.?) | speedup | LR-method time |",
-              "|---|---|---|---|---|---|---|---|"]
-    return {"rows": rows, "table": "\n".join(header + table),
-            "setup": {"sizes": args.sizes, "steps": args.steps, "seeds": args.seeds, "sweep_seeds": args.sweep_seeds,
-                      "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": base.eval_interval, "eval_steps": args.eval_steps}}
+    build_stdlib_corpus(STDLIB)
+    demo_data = os.path.join(os.path.dirname(os.path.abspath(T.__file__)), "data", "pydoc")
+    T.build_embedded_corpus(demo_data)
+    code = code_fingerprint()
+    print(f"code fingerprint {code}, data {STDLIB} and {demo_data}", flush=True)
+    ctx_of = {d: {"data": [sha(f) for f in T.list_shards(d, "val") + T.list_shards(d, "train")], "code": code} for d in (STDLIB, demo_data)}
+    plan = list(studies(args))
+    needed = set(args.studies)
+    for st in reversed(plan):  # what the wanted studies build on runs first
+        if st["name"] in needed:
+            needed |= set(st.get("needs", ()))
+    found, results, rows, table = {}, {}, [], []
+    for st in (st for st in plan if st["name"] in needed):
+        cfg = st["base"](found)
+        ctx = ctx_of[cfg.data or demo_data]
+        grid = st["grid"](found) if callable(st["grid"]) else st["grid"]
+        if args.quick:
+            cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4, eval_steps=2, compile=False)
+            grid = grid[1:3] or grid
+        best, sweep = tune(cfg, st["knob"], grid, ctx, args)
+        found[st["name"]] = best
+        tuned = dataclasses.replace(cfg, **{st["knob"]: best})
+        variants = {"LANTON (tuned)" if cfg.lanton else "uniform (tuned)": sweep[best]}
+        for name, fn in st["variants"].items():
+            variants[name] = [run_once(dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s), ctx) for s in range(args.seeds)]
+        results[st["name"]] = variants
+        if st["name"] not in args.studies:
+            continue
+        ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
+        ref_mean, ref_se = mean_se([r["final_val"] for r in ref_runs])
+        info = f"{cfg.preset}, {cfg.max_steps} x {cfg.batch_size * cfg.seq_len} tokens ({ref_runs[0]['tokens'] / ref_runs[0]['params']:.1f}/param)"
+        for v in sorted(sweep):
+            m, se = mean_se([r["final_val"] for r in sweep[v]])
+            table.append(f"| {st['name']} | {'LANTON' if cfg.lanton else 'uniform'} sweep, {len(sweep[v])} seed(s) | {st['knob']}={v:g} | {m:.4f}"
+                         + (f" ± {se:.4f}" if len(sweep[v]) > 1 else "") + " | | | |")
+        for name, rs in variants.items():
+            finals = [r["final_val"] for r in rs]
+            m, se = mean_se(finals)
+            is_ref = rs is ref_runs
+            diff_se = math.sqrt(se**2 + ref_se**2)
+            curve = [(s, statistics.mean(r["val"][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0]["val"])]  # seed mean
+            reach = steps_to_reach(curve, ref_mean)
+            speedup = cfg.max_steps / reach if reach and not is_ref else None
+            overhead = statistics.mean(sum(r["overhead"].values()) for r in rs)
+            s = rs[0]["settings"]
+            rows.append({"study": st["name"], "variant": name, "setting": {k: s[k] for k in ("lr", "muon_lr")}, "mean": m, "se": se,
+                         "diff": m - ref_mean, "significant": abs(m - ref_mean) > 2 * diff_se, "speedup": speedup,
+                         "overhead": overhead, "seeds": len(rs), "finals": finals, "info": info, "commands": [r["command"] for r in rs]})
+            lr = f"lr={s['lr']:g}" + (f", muon_lr={s['muon_lr']:g}" if s["optimizer"] == "muon" else "")
+            verdict = "reference" if is_ref else f"{m - ref_mean:+.4f} ({'yes' if rows[-1]['significant'] else 'no'})"
+            table.append(f"| {st['name']} | {name}, {len(rs)} seeds | {lr} | {m:.4f} ± {se:.4f} | {verdict} | "
+                         f"{'%.2fx' % speedup if speedup else '' if is_ref else '< 1x'} | {100 * overhead:.1f}% |")
+        plot_curves(st["name"], variants)
+        llr_runs = variants.get("LLR")
+        if llr_runs and llr_runs[0]["llr"]:
+            plot_heatmap(st["name"], llr_runs[0]["llr"])
+    header = ["| study | run | peak LR | final val loss (mean ± s.e.) | vs tuned uniform (> 2 s.e.?) | speedup | LR-method time |",
+              "|---|---|---|---|---|---|---|"]
+    return {"rows": rows, "table": "\n".join(header + table), "tuned": found,
+            "setup": {"seeds": args.seeds, "sweep_seeds": args.sweep_seeds, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                      "eval_steps": args.eval_steps, "compile": args.compile, "code": code}}
 
 
 def _pyplot():
@@ -197,24 +280,24 @@ def _pyplot():
         return None
 
 
-def plot_curves(size, opt, variants):
+def plot_curves(name, variants):
     """Seed-mean validation curves of every variant, from a quarter of the run on (earlier losses would flatten the rest)."""
     if not (plt := _pyplot()):
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rs in variants.items():
+    for label, rs in variants.items():
         steps = [s for s, _ in rs[0]["val"]]
         mean = np.mean([[v for _, v in r["val"]] for r in rs], axis=0)
-        ax.plot(steps[len(steps) // 4:], mean[len(steps) // 4:], label=name)
-    ax.set(xlabel="step", ylabel="validation loss", title=f"{size}, {opt} (mean over seeds)")
+        ax.plot(steps[len(steps) // 4:], mean[len(steps) // 4:], label=label)
+    ax.set(xlabel="step", ylabel="validation loss", title=f"{name} (mean over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"curves_{size}_{opt}.png"), dpi=120)
+    fig.savefig(os.path.join(RESULTS, f"curves_{name}.png"), dpi=120)
     plt.close(fig)
 
 
-def plot_heatmap(size, opt, records):
-    """Alpha and multiplier of every analysed matrix (rows: q..down by depth) at each record (columns)."""
+def plot_heatmap(name, records):
+    """Alpha and target multiplier of every analysed matrix (rows: q..down by depth) at each LLR recompute (columns)."""
     if not (plt := _pyplot()):
         return
     order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -230,7 +313,7 @@ def plot_heatmap(size, opt, records):
                                           for n in names], fontsize=6)
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"heatmap_{size}_{opt}.png"), dpi=120)
+    fig.savefig(os.path.join(RESULTS, f"heatmap_{name}.png"), dpi=120)
     plt.close(fig)
 
 
@@ -354,26 +437,34 @@ def speed(args):
 # ---- command line ----
 
 
+def names(allowed):
+    """argparse type: a comma-separated list, each item one of allowed (a typo is an error, not silently ignored)."""
+    def parse(text):
+        items = [x for x in text.split(",") if x]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(allowed)}")
+        return items
+    return parse
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "cost", "speed", "all"])
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test (under two minutes)")
-    p.add_argument("--sizes", default="tiny,small", help="model presets for the quality comparison")
-    p.add_argument("--optimizers", default="adamw,muon")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per LR of the uniform sweep (the chosen LR always gets --seeds)")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--ablations", default="adamw", help="optimizers that get the ablations (hard switching, r_max, uniform at r_max x LR) and the alpha heatmap; '' for none")
+    p.add_argument("--studies", type=names(STUDY_NAMES), default=STUDY_NAMES, help=f"comparisons to report: {','.join(STUDY_NAMES)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the tuned run and of every variant")
+    p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per value of the sweep (the chosen value always gets --seeds)")
+    p.add_argument("--steps", type=int, default=0, help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
+    p.add_argument("--compile", type=int, default=1, choices=[0, 1], help="torch.compile the benchmark runs (not the demo's)")
     args = p.parse_args(argv)
-    args.sizes, args.optimizers, args.ablations = args.sizes.split(","), args.optimizers.split(","), args.ablations.split(",")
-    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 128, 16, 5
-    args.adamw_grid, args.muon_grid = [5e-4, 1e-3, 2e-3, 4e-3], [0.005, 0.01, 0.02, 0.04]
+    args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 16, 5
     args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "tiny"
     global RESULTS
     RESULTS = os.path.join("results", "quick") if args.quick else "results"  # quick results never mix with real ones
     if args.quick:  # everything small
-        args.sizes, args.seeds, args.sweep_seeds, args.steps, args.batch_size, args.seq_len, args.eval_steps, args.reps = ["tiny"], 2, 1, 24, 4, 64, 2, 2
-        args.adamw_grid, args.muon_grid = [2e-3, 4e-3], [0.01, 0.02]
+        args.seeds, args.sweep_seeds, args.reps, args.compile = 2, 1, 2, 0
+        args.studies = [s for s in args.studies if s in ("tiny-adamw", "tiny-muon", "tiny-lanton")] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
     os.makedirs(RESULTS, exist_ok=True)
     env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -384,9 +475,11 @@ def main(argv=None):
             report[name] = fn(args)
             if name == "quality":
                 print(report[name]["table"])
-            fname = name if name != "quality" else f"quality_{'-'.join(args.sizes)}"  # one file per size set
-            with open(os.path.join(RESULTS, f"{fname}.json"), "w") as f:
-                json.dump({"env": env, **({name: report[name]})}, f, indent=1)
+                for study in args.studies:  # one file per study, so benchmarks of different studies may run side by side
+                    rows = [r for r in report[name]["rows"] if r["study"] == study]
+                    save_json(os.path.join(RESULTS, f"quality_{study}.json"), {"env": env, "setup": report[name]["setup"], "rows": rows}, indent=1)
+            else:
+                save_json(os.path.join(RESULTS, f"{name}.json"), {"env": env, name: report[name]}, indent=1)
     return report
 
 

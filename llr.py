@@ -98,17 +98,18 @@ def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
 
 @dataclass
 class LLRConfig:
-    interval: int = 40          # recompute alphas every this many steps (official: 40, 100 at 1B)
-    ramp: int = 20              # steps to glide to a new multiplier; 0 = hard switching
-    window: float = 0.2         # recompute only while step < window * total_steps, then freeze
+    interval: int = 0           # recompute alphas every this many steps; 0 = total_steps // 80 (the paper: 40 of 3,200)
+    ramp: int = -1              # steps to glide to a new multiplier; 0 = hard switching; -1 = interval // 2 (paper: 20)
+    window: float = 0.2         # recompute only while step <= window * total_steps, then freeze
     r_min: float = 1.0          # multiplier of the heaviest-tailed (smallest alpha) matrix
     r_max: float = 3.0          # multiplier of the lightest-tailed matrix (1B scripts use 5)
     xmin_pos: float = 2.0       # Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median
     embed_head: str = "rmax"    # 'rmax': embedding and LM head get r_max (published); 'one': keep 1
+    mean_one: bool = False      # divide all multipliers by their parameter-weighted mean (a control, not in the paper)
 
     def __post_init__(self):
-        checks = [(self.interval >= 1, f"interval must be >= 1, got {self.interval}"),
-                  (self.ramp >= 0, f"ramp must be >= 0, got {self.ramp}"),
+        checks = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
+                  (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
                   (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
                   (0 < self.r_min <= self.r_max, f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
                   (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
@@ -189,11 +190,13 @@ class LLR:
     def __init__(self, model, optimizer, total_steps, cfg=None):
         self.cfg = cfg = cfg or LLRConfig()
         self.total_steps = total_steps
+        # the cadence in steps: by default the paper's proportions at any run length
+        self.interval = cfg.interval or max(1, total_steps // 80)
+        self.ramp = cfg.ramp if cfg.ramp >= 0 else self.interval // 2
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         # the embedding and the linear layer that maps back to the vocabulary get the embed_head policy
         special = {i for i, role in _roles(model).items() if role in ("embed", "head")}
-        key = lambda n, p: "<special>" if id(p) in special else n if p.ndim == 2 else None  # noqa: E731
-        self.key_of, seen = _map_groups(model, self.optimizers, key)
+        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n if p.ndim == 2 else None)
         self.measured = [(n, p) for n, p in seen if p.ndim == 2]  # embed/head are measured too
         self.special = {n for n, p in seen if id(p) in special}
         self.analysed = [n for n, _ in self.measured if n not in self.special]
@@ -205,14 +208,10 @@ class LLR:
 
     def multiplier(self, key, step):
         """The multiplier of a group key at `step`: the linear piece m(s) of the class docstring."""
-        if key is None:
-            return 1.0
-        if key == "<special>":
-            return self.cfg.r_max if self.cfg.embed_head == "rmax" and self.computed_at >= 0 else 1.0
-        if key not in self.segments:
+        if key not in self.segments:  # vectors, and every layer before the first assignment
             return 1.0
         start, target, t0 = self.segments[key]
-        k, ramp = step - t0, self.cfg.ramp
+        k, ramp = step - t0, self.ramp
         if ramp == 0 or k >= ramp:
             return target  # exactly, not start + (target - start) * 1.0
         return start + (target - start) * max(k, 0) / ramp
@@ -250,23 +249,25 @@ class LLR:
                 warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) at step {step}; "
                               f"it keeps its multiplier ({kept:g}) and stays out of the alpha min/max")
         targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed}, self.cfg.r_min, self.cfg.r_max)
+        targets |= {n: self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0 for n in self.special}
+        if self.cfg.mean_one:  # same allocation, no extra total LR: sum(numel * m) / sum(numel) = 1 over the matrices
+            sizes = {n: p.numel() for n, p in self.measured}
+            mean = sum(sizes[n] * m for n, m in targets.items()) / sum(sizes[n] for n in targets)
+            targets = {n: m / mean for n, m in targets.items()}
         for name, target in targets.items():
             # glide from wherever the layer is now; the very first assignment is hard
             start = self.multiplier(name, step) if self.computed_at >= 0 else target
             self.segments[name] = [start, target, step]
         self.computed_at = step
         self.alphas = {n: a for n, a in alphas.items() if math.isfinite(a)}
-        special = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
-        mults = {n: (special if n in self.special else self.segments[n][1])
-                 for n, _ in self.measured if n in self.special or n in self.segments}
-        return {"alphas": dict(self.alphas), "multipliers": mults}
+        return {"alphas": dict(self.alphas), "multipliers": {n: self.segments[n][1] for n, _ in self.measured if n in self.segments}}
 
     def step(self, step):
         """Call once per training step, before the optimizer step. Returns the new alphas and target
         multipliers on steps that recomputed, else None."""
         t0 = time.perf_counter()
         info = None
-        in_window = step % self.cfg.interval == 0 and step < self.cfg.window * self.total_steps
+        in_window = step % self.interval == 0 and step <= self.cfg.window * self.total_steps  # boundary included, as the paper's code
         if self.computed_at < 0 or (in_window and step != self.computed_at):
             with torch.no_grad():
                 info = self._recompute(step)
@@ -281,10 +282,13 @@ class LLR:
                 "computed_at": self.computed_at}
 
     def load_state_dict(self, state):
-        unknown = set(state["segments"]) - set(self.analysed)
+        unknown = set(state["segments"]) - set(self.analysed) - self.special
         if unknown:
             raise ValueError(f"LLR state has layers this model does not: {sorted(unknown)[:5]}")
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
+        if state["computed_at"] >= 0:  # states saved before embedding and head had segments of their own
+            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
+            self.segments |= {n: [m, m, int(state["computed_at"])] for n in self.special if n not in self.segments}
         self.alphas = dict(state["alphas"])
         self.computed_at = int(state["computed_at"])
 

@@ -130,7 +130,7 @@ def test_multiplier_map():
 
 def test_config_validation():
     LLRConfig()
-    for bad in [dict(interval=0), dict(ramp=-1), dict(window=1.5), dict(r_min=0.0), dict(r_min=3.0, r_max=2.0),
+    for bad in [dict(interval=-1), dict(ramp=-2), dict(window=1.5), dict(r_min=0.0), dict(r_min=3.0, r_max=2.0),
                 dict(xmin_pos=1.0), dict(embed_head="zero")]:
         with pytest.raises(ValueError):
             LLRConfig(**bad)
@@ -233,6 +233,41 @@ def test_ramp_longer_than_interval_and_window_freeze():
     assert ctrl.step(40) is None  # frozen: on an interval step past the window nothing is recomputed
 
 
+def test_default_cadence_is_the_papers_proportions():
+    # 40 of 3,200 steps, ramp 20, window boundary included: recomputes at 0, 40, ..., 640 (17 of them)
+    model = mlp()
+    ctrl = LLR(model, torch.optim.SGD(param_groups(model), lr=0.1), total_steps=3200)
+    assert (ctrl.interval, ctrl.ramp) == (40, 20)
+    assert [s for s in range(3200) if ctrl.step(s)] == list(range(0, 641, 40))
+    ctrl = LLR(model, torch.optim.SGD(param_groups(model), lr=0.1), total_steps=100, cfg=LLRConfig(interval=10, ramp=-1))
+    assert (ctrl.interval, ctrl.ramp) == (10, 5)
+    assert [s for s in range(100) if ctrl.step(s)] == [0, 10, 20]  # 20 <= 0.2 * 100
+
+
+def test_mean_one_keeps_allocation_without_extra_lr():
+    model = TinyLM()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3)
+    plain = LLR(model, opt, total_steps=100).step(0)["multipliers"]
+    info = LLR(model, opt, total_steps=100, cfg=LLRConfig(mean_one=True)).step(0)["multipliers"]
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    assert sum(sizes[n] * m for n, m in info.items()) / sum(sizes[n] for n in info) == pytest.approx(1.0, rel=1e-12)
+    ratio = {n: info[n] / plain[n] for n in plain}  # one common factor: the order and the ratios stay
+    assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-12) and min(ratio.values()) < 1
+
+
+def test_loads_a_state_saved_before_embedding_and_head_had_segments():
+    model = TinyLM()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3)
+    ctrl = LLR(model, opt, total_steps=100, cfg=LLRConfig(interval=5, ramp=0))
+    ctrl.step(0)
+    state = ctrl.state_dict()
+    state["segments"] = {n: s for n, s in state["segments"].items() if n in ctrl.analysed}  # the old layout
+    again = LLR(model, opt, total_steps=100, cfg=LLRConfig(interval=5, ramp=0))
+    again.load_state_dict(state)
+    again.step(1)
+    assert {g["name"]: g["lr_scale"] for g in opt.param_groups if g["name"] in ctrl.special} == {n: 3.0 for n in ctrl.special}
+
+
 def test_resume_mid_ramp_is_exact(tmp_path):
     script = {s: [1.0 + (s % 3), 2.0 + math.sin(s), 3.0 - s / 10] for s in range(0, 40, 4)}
     cfg = dict(interval=4, ramp=6, window=0.3)  # recomputes at 0, 4, 8, ...; ramps always in flight
@@ -288,7 +323,7 @@ def test_sequential_with_sgd():
     opt = torch.optim.SGD(param_groups(model, weight_decay=0.01), lr=0.1)
     assert [g["name"] for g in opt.param_groups] == [n for n, _ in model.named_parameters()]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0] * 3
-    ctrl = LLR(model, opt, total_steps=50)
+    ctrl = LLR(model, opt, total_steps=50, cfg=LLRConfig(interval=40))
     info = ctrl.step(0)
     assert set(info["alphas"]) == set(info["multipliers"]) == {"0.weight", "2.weight", "4.weight"}
     assert sorted(info["multipliers"].values())[0] == 1.0 and max(info["multipliers"].values()) == 3.0

@@ -381,24 +381,34 @@ def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
 
 
 def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
-    """python bench.py all --quick, the smoke test of the benchmark (the issue asks for under two minutes)."""
+    """python bench.py all --quick, the smoke test of the benchmark; then the same command again trains nothing."""
     import bench
     monkeypatch.chdir(tmp_path)  # results/ and data/ go here
     report = bench.main(["all", "--quick"])
-    rows = {(r["optimizer"], r["variant"]): r for r in report["quality"]["rows"]}
-    assert {("adamw", "LLR soft"), ("adamw", "LLR hard"), ("adamw", "uniform at 3x LR"), ("muon", "LLR soft"),
-            ("muon", "LANTON")} <= set(rows)
+    rows = {(r["study"], r["variant"]): r for r in report["quality"]["rows"]}
+    assert {("tiny-adamw", "LLR"), ("tiny-adamw", "LLR, hard switching"), ("tiny-adamw", "uniform at 3x LR"),
+            ("tiny-muon", "LLR"), ("tiny-muon", "LLR, embed/head at 1x"), ("tiny-lanton", "LANTON (tuned)")} <= set(rows)
     assert all(math.isfinite(r["mean"]) and r["seeds"] == 2 for r in rows.values())
-    assert rows[("adamw", "uniform (best LR)")]["diff"] == 0.0
-    assert rows[("adamw", "LLR soft")]["track_same_bits"]  # the heatmap's run in pieces = the run in one go
-    assert "track_same_bits" not in rows[("muon", "LLR soft")]  # ablations and heatmap: AdamW only, by default
-    assert rows[("adamw", "LLR soft")]["overhead"] > 0 and rows[("adamw", "uniform (best LR)")]["overhead"] == 0
-    assert "| tiny | muon | LANTON" in report["quality"]["table"]
+    assert rows[("tiny-adamw", "uniform (tuned)")]["diff"] == 0.0
+    assert rows[("tiny-lanton", "LANTON (tuned)")]["diff"] != 0.0  # compared with Muon's tuned uniform run
+    muon = rows[("tiny-muon", "LLR")]["commands"][0]
+    assert "--optimizer=muon" in muon and f"--lr={report['quality']['tuned']['tiny-adamw']}" in muon  # AdamW side: AdamW's tuned LR
+    assert rows[("tiny-adamw", "LLR")]["overhead"] > 0 and rows[("tiny-adamw", "uniform (tuned)")]["overhead"] == 0
+    assert "| tiny-muon | LLR, 2 seeds" in report["quality"]["table"]
+    runs = sorted(os.listdir(tmp_path / "results" / "quick" / "runs"))
+    code = report["quality"]["setup"]["code"]
+    assert bench.code_fingerprint() == code  # deterministic
+    monkeypatch.setattr(bench, "code_fingerprint", lambda: code)
+    monkeypatch.setattr(bench.T, "train", lambda cfg: pytest.fail("a cached run was trained again"))
+    again = bench.main(["quality", "--quick"])
+    assert again["quality"]["table"] == report["quality"]["table"] and sorted(os.listdir(tmp_path / "results" / "quick" / "runs")) == runs
+    with pytest.raises(SystemExit):  # an unknown study is an error, not silently ignored
+        bench.main(["quality", "--studies=tiny-adamw,tiny-adamx"])
     cost = report["cost"]
     assert cost["llama60m"]["matrices"] == 14 and cost["llama60m"]["max_rel_diff"] < 1e-4  # our alphas = the official route's
     for method in ("llr", "lanton"):
         assert cost[f"train_tiny_{method}"]["refreshes"] >= 1 and 0 < cost[f"train_tiny_{method}"]["fraction"] < 1
     assert report["speed"]["muon"]["ours_ms"] > 0 and report["speed"]["muon"]["torch.optim.Muon_ms"] > 0
-    for name in ("quality_tiny", "cost", "speed"):
+    for name in ("quality_tiny-adamw", "cost", "speed"):
         with open(tmp_path / "results" / "quick" / f"{name}.json") as f:
             assert json.load(f)["env"]["cores"] == os.cpu_count()

@@ -182,6 +182,8 @@ class TrainConfig:
     lr: float = 3e-3                  # AdamW peak learning rate
     min_lr_ratio: float = 0.1         # cosine decays to min_lr_ratio * lr
     warmup_steps: int = -1            # linear warmup; -1 = 10% of max_steps
+    beta1: float = 0.9                # AdamW betas (the paper's code runs torch's default 0.9, 0.999)
+    beta2: float = 0.95
     weight_decay: float = 0.1         # decoupled, on 2-D weights only
     grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
     eval_interval: int = 100          # evaluate and checkpoint every this many steps (and at the end)
@@ -263,6 +265,8 @@ def check_config(cfg):
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
     if not (cfg.lr > 0 and cfg.muon_lr > 0):
         raise UsageError("--lr and --muon_lr must be positive")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise UsageError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise UsageError(f"--min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if cfg.warmup_steps >= cfg.max_steps:
@@ -310,7 +314,7 @@ def build_optimizers(model, cfg, fused):
     adamw = [g for g in groups if not (cfg.optimizer == "muon" and hidden(g))]
     covered = [id(p) for g in muon + adamw for p in g["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in exactly one group"
-    opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(0.9, 0.95), fused=fused), cfg.lr)]
+    opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), cfg.lr)]
     if muon:
         opts.append((Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr=cfg.muon_adjust_lr), cfg.muon_lr))
     return opts  # (optimizer, its peak lr)
