@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from llr import _first, _groups, _map_groups, _roles, nuclear_norm
+from llr import _first, _groups, _map_groups, nuclear_norm, roles
 
 # the paper's three layer families (Table 1; it says "groups", a word kept here for optimizer param groups):
 # multipliers are relative to the least noisy layer of the family
@@ -67,9 +67,9 @@ class LANTON:
     def __init__(self, model, optimizer, cfg=None):
         self.cfg = cfg or LANTONConfig()
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-        roles = _roles(model)
+        role = roles(model)
         self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)  # first tensor of a group -> its layer name
-        self.layers = [(n, p, roles[id(p)]) for n, p in seen]  # (name, param, role)
+        self.layers = [(n, p, role[id(p)]) for n, p in seen]  # (name, param, role)
         self.H = {}  # name -> moving average of the squared noise
         self.mult = {}  # name -> current multiplier; a layer not in here has 1
         self.noise = {}  # name -> the last accepted measurement, for logging

@@ -140,15 +140,18 @@ def nuclear_norm(x):
     return _gram_eigs(x, torch.float64).sqrt().sum(-1)
 
 
-def _roles(model):
-    """{id(param): role}: 'embed' (an nn.Embedding weight), 'head' (an nn.Linear weight that maps to a
-    vocabulary, out_features == some num_embeddings), 'hidden' (every other matrix) or 'vector'."""
+def roles(model):
+    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the model's
+    own get_output_embeddings() returns (transformers' models and model.LLaMA have it; define it on a model of
+    yours to name its head); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
+    role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        role[id(head.weight)] = "head"
     embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    vocab = {m.num_embeddings for m in embeds}
-    roles = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
-    roles |= {id(m.weight): "head" for m in model.modules() if isinstance(m, nn.Linear) and m.out_features in vocab}
-    roles |= {id(m.weight): "embed" for m in embeds}  # a tied head is the embedding
-    return roles
+    embeds += [model.get_input_embeddings()] if hasattr(model, "get_input_embeddings") else []
+    role |= {id(m.weight): "embed" for m in embeds if m is not None}
+    return role
 
 
 def _map_groups(model, optimizers, key):
@@ -195,7 +198,7 @@ class LLR:
         self.ramp = cfg.ramp if cfg.ramp >= 0 else self.interval // 2
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         # the embedding and the linear layer that maps back to the vocabulary get the embed_head policy
-        special = {i for i, role in _roles(model).items() if role in ("embed", "head")}
+        special = {i for i, role in roles(model).items() if role in ("embed", "head")}
         self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n if p.ndim == 2 else None)
         self.measured = [(n, p) for n, p in seen if p.ndim == 2]  # embed/head are measured too
         self.special = {n for n, p in seen if id(p) in special}
@@ -329,6 +332,7 @@ def orthogonalize(u, steps=5, dtype=None):
     The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular
     values grow fast, at the price of not converging to 1: after 5 steps they oscillate in roughly
     [0.5, 1.5], which trains as well as exact U V^T at a fraction of the cost of an SVD.
+    u may be one matrix or a stack (..., rows, cols), each orthogonalised on its own.
     Runs in bfloat16 on CUDA (tensor cores), float32 elsewhere."""
     a, b, c = 3.4445, -4.7750, 2.0315
     dtype = dtype or (torch.bfloat16 if u.is_cuda else torch.float32)
@@ -336,11 +340,15 @@ def orthogonalize(u, steps=5, dtype=None):
     tall = u.size(-2) > u.size(-1)
     if tall:
         X = X.mT  # iterate on the wide side: A = X X^T is then the smaller Gram
-    X = X / (X.norm() + 1e-7)  # torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0
+    # each matrix of a stack by its own norm; torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + 1e-7)
+    shape, X = X.shape, X.reshape(-1, *X.shape[-2:]) if X.ndim > 2 else X  # a stack as one (B, m, n) batch
+    fma = torch.addmm if X.ndim == 2 else torch.baddbmm  # beta * input + alpha * (m1 @ m2), one kernel
     for _ in range(steps):
         A = X @ X.mT
-        B = torch.addmm(A, A, A, beta=b, alpha=c)  # b A + c A A
-        X = torch.addmm(X, B, X, beta=a)  # a X + B X
+        B = fma(A, A, A, beta=b, alpha=c)  # b A + c A A
+        X = fma(X, B, X, beta=a)  # a X + B X
+    X = X.reshape(shape)
     return X.mT if tall else X
 
 

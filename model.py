@@ -160,14 +160,20 @@ class LLaMA(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def num_params(self, non_embedding=False):
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed_tokens.weight.numel() if non_embedding else n
+    def get_input_embeddings(self):  # the accessors of transformers' models: llr finds embedding and head by them
+        return self.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # a tied embedding counts once
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
         cfg = self.cfg
-        n = self.num_params(non_embedding=True)  # the embedding lookup is no matmul
+        # every weight is used in a matmul except the embedding lookup; tied, the embedding is the head's matmul too
+        n = self.num_params() - (0 if cfg.tie_embeddings else self.embed_tokens.weight.numel())
         return 6 * n + 12 * cfg.n_layers * cfg.dim * seq_len
 
     def estimate_mfu(self, tokens_per_sec, seq_len, peak_flops):

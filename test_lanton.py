@@ -61,6 +61,9 @@ class Toy(nn.Module):
         self.norm2 = nn.Parameter(torch.ones(dim))
         self.head = nn.Linear(dim, vocab, bias=False)
 
+    def get_output_embeddings(self):  # how a model names its head (transformers' convention)
+        return self.head
+
 
 ROLE = {"embed.weight": "embed_head", "head.weight": "embed_head", "wide.weight": "hidden",
         "square.weight": "hidden", "narrow.weight": "hidden", "norm1": "vector", "norm2": "vector"}
@@ -212,7 +215,7 @@ def test_group_mapping_and_config_errors():
 
 def test_roles_by_module_type():
     model, _ = toy()
-    roles = llr._roles(model)
+    roles = llr.roles(model)
     got = {n: roles[id(p)] for n, p in model.named_parameters()}
     assert got == {"embed.weight": "embed", "head.weight": "head", "wide.weight": "hidden", "square.weight": "hidden",
                    "narrow.weight": "hidden", "norm1": "vector", "norm2": "vector"}

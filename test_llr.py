@@ -114,6 +114,13 @@ def test_degenerate_spectra_are_nan_not_inf():
     assert not torch.isinf(esd(torch.eye(4))).any()
 
 
+def test_null_eigenvalues_of_a_float32_low_rank_matrix_are_not_a_tail():
+    # rank 3: the median eigenvalue is float32 rounding noise (~1e-6 of the top), not a spectrum; alpha 1.27 without the check
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 3, generator=g) @ torch.randn(3, 64, generator=g)
+    assert math.isnan(hill_alpha(esd(w)))
+
+
 # ---- alpha -> multiplier ----
 
 
@@ -162,6 +169,9 @@ class TinyLM(nn.Module):
             x = x + blk["q_proj"](x)
             x = x + blk["down_proj"](torch.relu(blk["up_proj"](x)))
         return self.lm_head(x * self.norm)
+
+    def get_output_embeddings(self):  # how a model names its head (transformers' convention)
+        return self.lm_head
 
 
 def scripted(ctrl, script):
@@ -334,12 +344,33 @@ def test_sequential_with_sgd():
     opt.step()
 
 
+def test_head_is_found_by_the_models_own_accessor():
+    # our model with an MLP as wide as the vocabulary: the old rule (out_features == vocab) took gate/up for heads
+    from model import LLaMA, ModelConfig
+    model = LLaMA(ModelConfig(dim=96, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=256, max_seq_len=8))
+    assert model.layers[0].mlp.gate_proj.out_features == 256
+    role = {n: llr.roles(model)[id(p)] for n, p in model.named_parameters()}
+    assert role["lm_head.weight"] == "head" and role["embed_tokens.weight"] == "embed"
+    assert {role[n] for n in role if "_proj" in n} == {"hidden"}
+    transformers = pytest.importorskip("transformers")
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                                   num_attention_heads=2, vocab_size=64))
+    role = {n: llr.roles(llama)[id(p)] for n, p in llama.named_parameters()}
+    assert role["lm_head.weight"] == "head" and role["model.embed_tokens.weight"] == "embed"
+    assert {role[n] for n in role if "_proj" in n} == {"hidden"} and role["model.norm.weight"] == "vector"
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16))
+    role = {n: llr.roles(gpt2)[id(p)] for n, p in gpt2.named_parameters()}  # tied head: the embedding
+    assert role["transformer.wte.weight"] == role["transformer.wpe.weight"] == "embed"
+    assert role["transformer.h.0.attn.c_attn.weight"] == role["transformer.h.0.mlp.c_fc.weight"] == "hidden"
+
+
 def test_tiny_lm_with_adamw_and_muon():
     torch.manual_seed(0)
     model = TinyLM()
     groups = param_groups(model)
-    is_hidden = lambda g: g["params"][0].ndim == 2 and not g["name"].startswith(("embed_tokens", "lm_head"))
-    hidden, rest = [g for g in groups if is_hidden(g)], [g for g in groups if not is_hidden(g)]
+    role = llr.roles(model)
+    hidden = [g for g in groups if role[id(g["params"][0])] == "hidden"]
+    rest = [g for g in groups if role[id(g["params"][0])] != "hidden"]
     opts = [torch.optim.AdamW(rest, lr=1e-3), Muon(hidden, lr=0.02)]
     ctrl = LLR(model, opts, total_steps=100)
     assert ctrl.special == {"embed_tokens.weight", "lm_head.weight"}
@@ -463,6 +494,14 @@ def test_orthogonalized_singular_values():
     w = with_spectrum(48, 48, torch.linspace(0.05, 1.0, 48))  # square with a known spread of singular values
     sv = torch.linalg.svdvals(orthogonalize(w))
     assert sv.min() > 0.5 and sv.max() < 1.5
+
+
+def test_orthogonalize_a_stack_is_each_matrix_alone():
+    for shape in [(3, 8, 5), (3, 5, 8), (2, 2, 6, 6)]:
+        u = randn(*shape, seed=1)
+        u[0] *= 100  # one matrix far larger than the rest: each must be normalised by its own norm
+        alone = torch.stack([orthogonalize(m) for m in u.reshape(-1, *shape[-2:])]).reshape(shape)
+        torch.testing.assert_close(orthogonalize(u), alone, rtol=1e-5, atol=1e-6)
 
 
 def test_muon_per_group_lr():

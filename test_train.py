@@ -71,6 +71,16 @@ def test_presets_match_the_paper():
         assert 0.9e6 < LLaMA(PRESETS["tiny"]).num_params() < 1.1e6
 
 
+def test_flops_per_token_counts_the_head_once_tied_or_not():
+    for tie in (False, True):
+        cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=128, max_seq_len=16, tie_embeddings=tie)
+        m = LLaMA(cfg)
+        block = sum(p.numel() for n, p in m.named_parameters() if n.startswith("layers.") and p.ndim == 2)
+        matmuls = block + 128 * 64  # the blocks and the head; the embedding lookup is no matmul
+        vectors = sum(p.numel() for p in m.parameters() if p.ndim == 1)
+        assert m.flops_per_token(16) == 6 * (matmuls + vectors) + 12 * 2 * 64 * 16
+
+
 def test_causality():
     torch.manual_seed(0)
     model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=128, max_seq_len=16))
@@ -337,6 +347,50 @@ def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch)
     assert min(mats) == pytest.approx(base) and max(mats) == pytest.approx(3 * base)
 
 
+def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, data_dir, monkeypatch):
+    """--optimizer=muon --llr --lanton: at every step, each group's lr is its optimizer's peak (--lr for AdamW,
+    --muon_lr for Muon) x warmup/cosine computed here by hand x LLR's multiplier x LANTON's multiplier."""
+    import lanton
+    import llr
+    scales, lrs = {"llr": [], "lanton": []}, []
+
+    def spy_controller(cls, label):
+        real = cls.step
+        def step(self, s):
+            info = real(self, s)
+            scales[label].append({g["name"]: g["lr_scale"] for o in self.optimizers for g in o.param_groups})
+            return info
+        monkeypatch.setattr(cls, "step", step)
+
+    def spy_optimizer(cls, peak):
+        real = cls.step
+        def step(self, *a, **k):
+            if len(lrs) == len(scales["llr"]) - 1:
+                lrs.append({})
+            lrs[-1].update({g["name"]: (peak, g["lr"]) for g in self.param_groups})
+            return real(self, *a, **k)
+        monkeypatch.setattr(cls, "step", step)
+
+    spy_controller(llr.LLR, "llr")
+    spy_controller(lanton.LANTON, "lanton")
+    spy_optimizer(torch.optim.AdamW, 1e-3)
+    spy_optimizer(llr.Muon, 0.05)
+    steps, warmup, floor = 12, 3, 0.2
+    T.train(small(tmp_path, data_dir, optimizer="muon", lr=1e-3, muon_lr=0.05, llr=True, lanton=True, max_steps=steps,
+                  warmup_steps=warmup, min_lr_ratio=floor, llr_config=T.LLRConfig(interval=2, ramp=1, window=1.0),
+                  lanton_config=T.LANTONConfig(every=2)))
+    assert len(lrs) == steps
+    muon_names = {n for n, (peak, _) in lrs[0].items() if peak == 0.05}
+    assert muon_names and all("_proj" in n for n in muon_names) and "lm_head.weight" not in muon_names
+    for s in range(steps):
+        sched = (s + 1) / warmup if s < warmup else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+        for name, (peak, lr) in lrs[s].items():
+            assert lr == pytest.approx(peak * sched * scales["llr"][s][name] * scales["lanton"][s][name], rel=1e-12), (s, name)
+    # both methods really act: LLR spreads multipliers over [1, 3], LANTON lowers noisy layers below 1
+    assert {round(v, 6) for v in scales["llr"][-1].values()} > {1.0, 3.0}
+    assert min(scales["lanton"][-1][n] for n in muon_names) < 0.9
+
+
 def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
@@ -357,6 +411,9 @@ def test_muon_split_covers_every_parameter_once():
     assert len(muon_names) == 2 * 7 and not any("embed" in n or "lm_head" in n for n in muon_names)
     adamw_names = {g["name"] for g in adamw.param_groups}
     assert adamw_names | muon_names == {n for n, _ in model.named_parameters()} and not adamw_names & muon_names
+    assert adamw.defaults["betas"] == (0.9, 0.95)
+    (adamw, _), = T.build_optimizers(model, T.TrainConfig(beta1=0.8, beta2=0.999), fused=False)  # the official recipe's betas
+    assert adamw.defaults["betas"] == (0.8, 0.999)
 
 
 def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):

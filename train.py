@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lanton import LANTON, LANTONConfig
-from llr import LLR, LLRConfig, Muon, layer_table, param_groups
+from llr import LLR, LLRConfig, Muon, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
 
 # ---- data: tokenizers and llm.c token shards ----
@@ -309,9 +309,9 @@ def lr_mult(step, cfg, warmup):
 def build_optimizers(model, cfg, fused):
     """One param group per tensor (param_groups) so layerwise multipliers can act on each matrix."""
     groups = param_groups(model, cfg.weight_decay)
-    hidden = lambda g: g["params"][0].ndim == 2 and not g["name"].startswith(("embed_tokens", "lm_head"))
-    muon = [g for g in groups if hidden(g)] if cfg.optimizer == "muon" else []
-    adamw = [g for g in groups if not (cfg.optimizer == "muon" and hidden(g))]
+    role = roles(model)  # hidden matrices go to Muon; embedding, head and vectors to AdamW (the rule LLR uses too)
+    muon = [g for g in groups if role[id(g["params"][0])] == "hidden"] if cfg.optimizer == "muon" else []
+    adamw = [g for g in groups if not any(g is m for m in muon)]
     covered = [id(p) for g in muon + adamw for p in g["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in exactly one group"
     opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), cfg.lr)]
