@@ -223,6 +223,11 @@ def test_resume_refuses_changed_settings(tmp_path, data_dir):
         T.train(small(tmp_path, data_dir, resume=True, lr=1e-3))
     with pytest.raises(T.UsageError, match="already holds a run"):
         T.train(small(tmp_path, data_dir))
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt")  # today's checkpoints load with torch.load's defaults
+    ckpt["rng"]["numpy"] = np.random.get_state()  # as checkpoints of older versions held it
+    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
+    with pytest.raises(T.UsageError, match="older train.py"):
+        T.train(small(tmp_path, data_dir, resume=True))
 
 
 def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
@@ -231,7 +236,7 @@ def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
     ckpt = tmp_path / "out" / "ckpt.pt"
     before = ckpt.read_bytes()
     # poison the saved weights: the resumed run must stop at its first step and leave the file alone
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt)
     state["model"]["norm.weight"].fill_(float("nan"))
     torch.save(state, ckpt)
     poisoned = ckpt.read_bytes()
@@ -251,14 +256,14 @@ def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     p.send_signal(signal.SIGTERM)
     rc = p.wait(timeout=60)
     assert rc == 128 + signal.SIGTERM
-    step = torch.load(out / "ckpt.pt", weights_only=False)["step"]
+    step = torch.load(out / "ckpt.pt")["step"]
     assert 3 <= step < 100000
 
 
 def test_cli_bad_input_exits_2(tmp_path, data_dir):
-    for args, needle in [(["--nope=1"], "unknown option --nope"), (["--max_steps=abc"], "--max_steps=abc"),
-                         (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer=sgd"),
-                         (["--llr_ramp=-1"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
+    for args, needle in [(["--nope=1"], "unrecognized arguments: --nope=1"), (["--max_steps=abc"], "--max_steps: invalid int value: 'abc'"),
+                         (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer: invalid choice: 'sgd'"),
+                         (["--llr_ramp=-2"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
                          (["--total_batch_tokens=1000", f"--data={data_dir}"], "--total_batch_tokens"),
                          (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume")]:
         r = run_cli(*args, cwd=tmp_path)
@@ -275,6 +280,24 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
 def test_bare_flag_and_nested_llr_options():
     cfg = T.parse_args(["--llr", "--llr_interval=7", "--llr_ramp=0", "--lr=1e-3", "--compile=false"])
     assert cfg.llr and cfg.llr_config.interval == 7 and cfg.llr_config.ramp == 0 and cfg.lr == 1e-3 and not cfg.compile
+    spaced = T.parse_args(["--llr", "--llr_interval", "7", "--llr_ramp", "0", "--lr", "1e-3", "--compile", "false"])
+    assert spaced == cfg  # --key value is --key=value
+    assert T.parse_args(["--warmup_steps", "-1", "--max_steps", "10"]) == T.TrainConfig(warmup_steps=-1, max_steps=10)
+    assert T.parse_args([]) == T.TrainConfig()
+
+
+def test_help_lists_every_field_with_its_default_and_comment():
+    r = run_cli("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    for prefix, cfg in [("", T.TrainConfig()), ("llr_", T.LLRConfig()), ("lanton_", T.LANTONConfig())]:
+        for f in dataclasses.fields(cfg):
+            if f.name.endswith("_config"):
+                continue
+            assert f"--{prefix}{f.name}" in text, f.name
+            assert f"(default: {getattr(cfg, f.name)!r})" in text, f.name
+    assert "cosine decays to min_lr_ratio * lr (default: 0.1)" in text and "10% of max_steps" in text
+    assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 
 
 def ddp_worker_script(tmp_path):
@@ -399,7 +422,7 @@ def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
     for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
         assert torch.equal(p, q), n
-    ckpt = torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "out" / "ckpt.pt")
     assert len(ckpt["optimizers"]) == 2 and ckpt["optimizers"][1]["state"]  # Muon's momentum is saved
     assert ckpt["llr"]["segments"]
 
@@ -431,7 +454,7 @@ def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     kw = dict(optimizer="muon", lanton=True, llr=True, lanton_config=T.LANTONConfig(every=3))
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
     T.train(small(tmp_path / "b", data_dir, stop_after=6, **kw))
-    assert torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=False)["lanton"]["prev"] is not None
+    assert torch.load(tmp_path / "b" / "out" / "ckpt.pt")["lanton"]["prev"] is not None
     resumed = T.train(small(tmp_path / "b", data_dir, resume=True, **kw))
     for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
         assert torch.equal(p, q), n

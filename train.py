@@ -7,12 +7,16 @@ Train a LLaMA on CPU, one GPU, or many GPUs, with a uniform learning rate or wit
     torchrun --standalone --nproc_per_node=8 train.py --preset=llama60m --data=data/fineweb10B --llr
 """
 
+import argparse
 import dataclasses
 import glob
+import inspect
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import signal
 import sys
 import threading
@@ -170,36 +174,41 @@ class UsageError(ValueError):
 
 @dataclass
 class TrainConfig:
+    # model and data
     preset: str = "tiny"              # model size: a key of model.PRESETS
     data: str = ""                    # directory of token shards; empty = the embedded pydoc corpus
-    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr][-lanton]
-    device: str = "auto"              # auto | cpu | cuda
-    seed: int = 1337                  # model init
-    max_steps: int = 600              # length of the schedule
-    batch_size: int = 16              # sequences per micro-batch, per process
     seq_len: int = 256                # tokens per sequence
+    batch_size: int = 16              # sequences per micro-batch, per process
     total_batch_tokens: int = 0       # tokens per optimizer step; 0 = one micro-batch on every process
+    seed: int = 1337                  # model init
+    # optimization
+    max_steps: int = 600              # length of the schedule
+    optimizer: str = "adamw"          # adamw | muon (hidden matrices on Muon, the rest on AdamW)
     lr: float = 3e-3                  # AdamW peak learning rate
     min_lr_ratio: float = 0.1         # cosine decays to min_lr_ratio * lr
     warmup_steps: int = -1            # linear warmup; -1 = 10% of max_steps
-    beta1: float = 0.9                # AdamW betas (the paper's code runs torch's default 0.9, 0.999)
-    beta2: float = 0.95
+    beta1: float = 0.9                # AdamW first-moment decay
+    beta2: float = 0.95               # AdamW second-moment decay (the paper's code runs torch's default, 0.999)
     weight_decay: float = 0.1         # decoupled, on 2-D weights only
     grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
+    muon_lr: float = 0.02             # Muon peak learning rate
+    muon_adjust_lr: str = "original"  # Muon step-size rule: original | match_rms_adamw
+    # LLR (arXiv 2605.22297); --llr_<field> sets that field of llr.LLRConfig
+    llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
+    llr_config: LLRConfig = field(default_factory=LLRConfig)
+    # LANTON (arXiv 2510.14009); --lanton_<field> sets that field of lanton.LANTONConfig
+    lanton: bool = False              # layerwise learning rates from each layer's gradient noise (with --llr: their product)
+    lanton_config: LANTONConfig = field(default_factory=LANTONConfig)
+    # run
+    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr][-lanton]
+    device: str = "auto"              # auto | cpu | cuda
+    dtype: str = "auto"               # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
+    compile: bool = False             # torch.compile the model
     eval_interval: int = 100          # evaluate and checkpoint every this many steps (and at the end)
     eval_steps: int = 10              # validation batches per evaluation
     log_interval: int = 10            # console line every this many steps
     resume: bool = False              # continue from out_dir/ckpt.pt
     stop_after: int = 0               # end after this many steps of this invocation, with a checkpoint; 0 = run to max_steps
-    compile: bool = False             # torch.compile the model
-    dtype: str = "auto"               # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
-    optimizer: str = "adamw"          # adamw | muon (hidden matrices on Muon, the rest on AdamW)
-    muon_lr: float = 0.02             # Muon peak learning rate
-    muon_adjust_lr: str = "original"  # Muon step-size rule: original | match_rms_adamw
-    llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
-    llr_config: LLRConfig = field(default_factory=LLRConfig)  # set as --llr_<field>=value
-    lanton: bool = False              # layerwise learning rates from each layer's gradient noise (with --llr: their product)
-    lanton_config: LANTONConfig = field(default_factory=LANTONConfig)  # set as --lanton_<field>=value
 
 
 NESTED = {"llr": "llr_config", "lanton": "lanton_config"}  # --llr_interval=40 sets cfg.llr_config.interval
@@ -207,43 +216,66 @@ CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bflo
            "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"), "preset": tuple(PRESETS)}
 
 
-def coerce(key, value, typ):
-    """A command-line string to the field's type; bare --flag means True."""
-    if typ is bool:
-        if value is None or value.lower() in ("1", "true", "yes"):
-            return True
-        if value.lower() in ("0", "false", "no"):
-            return False
-        raise UsageError(f"--{key} takes true or false, got {value!r}")
-    if value is None:
-        raise UsageError(f"--{key} needs a value: --{key}=<{typ.__name__}>")
-    try:
-        return typ(value)
-    except ValueError:
-        raise UsageError(f"--{key}={value} is not a valid {typ.__name__}") from None
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # main() prints it as one line and exits with status 2
+        raise UsageError(f"{message}; see python {self.prog} --help")
+
+
+def field_docs(cls):
+    """{field: (section, comment)} read from a config dataclass's source: a comment line opens a section, a
+    field's trailing comment is its help. The config stays one readable block and --help cannot drift from it."""
+    section, docs = "", {}
+    for line in inspect.getsource(cls).splitlines()[2:]:
+        code, _, comment = (x.strip() for x in line.partition("#"))
+        if code.startswith("def "):
+            break
+        if not code:
+            section = comment or section
+        elif m := re.match(r"(\w+)\s*:", code):
+            docs[m[1]] = (section, comment)
+    return docs
+
+
+def parse_bool(text):
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"takes true or false, got {text!r}")
+
+
+def build_parser():
+    """argparse options generated from TrainConfig and the nested method configs, grouped by the config's sections."""
+    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    sections, docs = {}, field_docs(TrainConfig)
+
+    def add(name, typ, default, section, comment):
+        group = sections.get(section) or sections.setdefault(section, p.add_argument_group(section))
+        kw = dict(type=parse_bool, nargs="?", const=True, metavar="BOOL") if typ is bool else dict(type=typ)
+        if typ is not bool and name not in CHOICES:
+            kw["metavar"] = typ.__name__.upper()
+        group.add_argument(f"--{name}", default=argparse.SUPPRESS, choices=CHOICES.get(name), help=f"{comment} (default: {default!r})".replace("%", "%%"), **kw)
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NESTED.values():
+            prefix = next(k for k, v in NESTED.items() if v == f.name)
+            sub, sub_docs = f.default_factory(), field_docs(type(f.default_factory()))
+            for g in dataclasses.fields(sub):
+                add(f"{prefix}_{g.name}", g.type, getattr(sub, g.name), docs[f.name][0], sub_docs[g.name][1])
+        else:
+            add(f.name, f.type, f.default, *docs[f.name])
+    return p
 
 
 def parse_args(argv):
-    cfg = TrainConfig()
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name not in NESTED.values()}
-    for prefix, attr in NESTED.items():
-        for f in dataclasses.fields(getattr(cfg, attr)):
-            fields[f"{prefix}_{f.name}"] = f.type
-    nested = {attr: {} for attr in NESTED.values()}
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise UsageError(f"unexpected argument {arg!r}: use --key=value")
-        key, _, value = arg[2:].partition("=")
-        value = value if "=" in arg else None
-        if key not in fields:
-            raise UsageError(f"unknown option --{key}; valid options: {', '.join('--' + k for k in fields)}")
-        typ = {"bool": bool, "int": int, "float": float, "str": str}.get(fields[key], fields[key])
-        v = coerce(key, value, typ)
+    given = vars(build_parser().parse_args(argv))
+    cfg, nested = TrainConfig(), {attr: {} for attr in NESTED.values()}
+    for key, value in given.items():
         prefix = key.split("_")[0]
         if prefix in NESTED and key != prefix:
-            nested[NESTED[prefix]][key[len(prefix) + 1 :]] = v
+            nested[NESTED[prefix]][key[len(prefix) + 1:]] = value
         else:
-            setattr(cfg, key, v)
+            setattr(cfg, key, value)
     for attr, kw in nested.items():  # rebuilt so the nested config validates its own values
         try:
             setattr(cfg, attr, dataclasses.replace(getattr(cfg, attr), **kw))
@@ -327,13 +359,16 @@ def save_checkpoint(path, state):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    # tensors and plain numbers only, so that torch.load(path) loads a checkpoint with its default weights_only=True
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -401,7 +436,11 @@ def train(cfg):
         controllers["lanton"] = LANTON(model, opts, cfg.lanton_config)
     step = 0
     if cfg.resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device)
+        except pickle.UnpicklingError:
+            raise UsageError(f"{ckpt_path} was written by an older train.py (numpy RNG state, loads only with weights_only=False); "
+                             f"finish it with that version, or start a new run in another --out_dir") from None
         saved, now = ckpt["config"], dataclasses.asdict(cfg)
         diff = [f"--{k}={saved.get(k)} (now {v})" for k, v in now.items() if k not in RUN_ONLY and saved.get(k) != v]
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
@@ -540,10 +579,10 @@ def main(argv=None):
         if summary["interrupted"]:  # the shell's convention for death by signal
             return_code = 128 + summary["interrupted"]
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"train.py: error: {e}", file=sys.stderr)
         return_code = 2
     except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"train.py: error: {e}", file=sys.stderr)
         return_code = 1
     return return_code
 
