@@ -22,7 +22,7 @@ class ModelConfig:
     dim: int = 128                 # width of the residual stream
     n_layers: int = 5              # transformer blocks
     n_heads: int = 4               # query heads; head_dim = dim // n_heads
-    n_kv_heads: int = 4            # key/value heads: n_heads = plain multi-head (as the paper), fewer = GQA
+    n_kv_heads: int = 0            # key/value heads; 0 = n_heads (plain multi-head, as the paper), fewer = GQA
     ffn_dim: int = 0               # SwiGLU hidden size; 0 = 8/3 * dim rounded up to multiple_of
     multiple_of: int = 32          # rounding for the default ffn_dim
     vocab_size: int = 320          # padded up to a multiple of 64 (the byte tokenizer has 257)
@@ -32,6 +32,7 @@ class ModelConfig:
     tie_embeddings: bool = False   # share embed_tokens and lm_head (the paper does not)
 
     def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
         if self.ffn_dim == 0:
             hidden = int(8 * self.dim / 3)
             self.ffn_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
@@ -47,7 +48,7 @@ def pad_vocab(n, multiple=64):
 PRESETS = {
     "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
     "tiny_gqa": ModelConfig(n_kv_heads=2),  # the same with grouped-query attention (k, v rectangular)
-    "small": ModelConfig(dim=256, n_layers=6, n_heads=8, n_kv_heads=8),  # 5M: the second size of the CPU benchmark
+    "small": ModelConfig(dim=256, n_layers=6, n_heads=8),  # 5M: the second size of the CPU benchmark
     "llama60m": ModelConfig(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, ffn_dim=1512, vocab_size=50304, max_seq_len=1024),
     "llama135m": ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048, vocab_size=50304, max_seq_len=1024),
     "llama350m": ModelConfig(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2736, vocab_size=50304, max_seq_len=1024),

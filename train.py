@@ -505,7 +505,8 @@ def train(cfg):
             if master and step > start and (done or (cfg.eval_interval and step % cfg.eval_interval == 0)):
                 save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o, _ in optimizers],
                                             **{m: c.state_dict() for m, c in controllers.items()}, "loader": train_loader.state_dict(),
-                                            "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta})
+                                            "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta,
+                                            "model_config": dataclasses.asdict(mcfg)})
             if done:
                 break
 

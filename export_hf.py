@@ -1,0 +1,87 @@
+"""
+Export a run to a Hugging Face LlamaForCausalLM directory: config.json and model.safetensors, which
+transformers.AutoModelForCausalLM.from_pretrained loads, for lm-evaluation-harness or anything else.
+
+    python export_hf.py out/llama60m-adamw-llr hf/llama60m-adamw-llr
+
+The weights map one to one (model.py uses Hugging Face's module names and rotary convention). The
+vocabulary keeps its padding (GPT-2's 50,257 tokens padded to 50,304 rows, as the model was trained):
+the tokenizer never produces the extra ids. GPT-2-tokenized runs use the `gpt2` tokenizer; a run on
+byte tokens has no Hugging Face tokenizer, so its export is for logits, not for lm-eval.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+from model import PRESETS, pad_vocab
+from train import Parser, UsageError
+
+
+def hf_config(mc, meta):
+    """config.json of a LlamaForCausalLM with the same shapes as our ModelConfig (as a dict)."""
+    eot = meta.get("eot")
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
+            "hidden_size": mc["dim"], "intermediate_size": mc["ffn_dim"], "num_hidden_layers": mc["n_layers"],
+            "num_attention_heads": mc["n_heads"], "num_key_value_heads": mc["n_kv_heads"], "head_dim": mc["dim"] // mc["n_heads"],
+            "vocab_size": mc["vocab_size"], "max_position_embeddings": mc["max_seq_len"], "rms_norm_eps": mc["norm_eps"],
+            "rope_theta": mc["rope_theta"], "rope_parameters": {"rope_type": "default", "rope_theta": mc["rope_theta"]},
+            "tie_word_embeddings": mc["tie_embeddings"], "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
+
+
+def export(run_dir, target):
+    """Write target/config.json and target/model.safetensors from run_dir/ckpt.pt; the run is only read."""
+    from safetensors.torch import save_file  # an optional extra, like transformers
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.isfile(ckpt_path):
+        raise UsageError(f"{ckpt_path} does not exist; pass the out_dir of a run that has written a checkpoint")
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise UsageError(f"{target} exists and is not an empty directory; choose another target (nothing was written)")
+    ckpt = torch.load(ckpt_path, map_location="cpu")
+    meta, cfg = ckpt["meta"], ckpt["config"]
+    mc = ckpt.get("model_config")
+    if mc is None:  # checkpoints that predate model_config: rebuilt as train.py builds the model
+        mc = dataclasses.asdict(dataclasses.replace(PRESETS[cfg["preset"]], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=cfg["seq_len"]))
+    # Hugging Face's names are ours under "model.", but for the head; a tied head is stored once, as the embedding
+    weights = {(k if k.startswith("lm_head.") else "model." + k): v.contiguous() for k, v in ckpt["model"].items()}
+    if mc["tie_embeddings"]:
+        del weights["lm_head.weight"]
+    tmp = target.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config(mc, meta), f, indent=2)
+    if os.path.isdir(target):
+        os.rmdir(target)  # empty, checked above
+    os.replace(tmp, target)  # written aside, then renamed: never half an export under the target's name
+    return meta["tokenizer"]
+
+
+def main(argv=None):
+    p = Parser(prog="export_hf.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run's out_dir (holds ckpt.pt)")
+    p.add_argument("target", help="directory to write (must not exist, or be empty)")
+    try:
+        args = p.parse_args(argv)
+        tokenizer = export(args.run_dir, args.target)
+    except UsageError as e:
+        print(f"export_hf.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.target}/config.json and model.safetensors (LlamaForCausalLM)")
+    if tokenizer == "gpt2" or tokenizer.endswith("gpt2"):
+        print(f"tokenizer: gpt2, e.g. lm_eval --model hf --model_args pretrained={args.target},tokenizer=gpt2 ...")
+    else:
+        print(f"note: the run's tokenizer is {tokenizer!r}, which no Hugging Face tokenizer matches: "
+              f"the export gives the model's logits, but lm-eval cannot tokenize text for it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

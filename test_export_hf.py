@@ -1,0 +1,78 @@
+"""
+Tests of export_hf.py: the exported directory loads in transformers and gives our logits; bad input is refused.
+
+    python -m pytest -q test_export_hf.py
+"""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import export_hf
+import train as T
+from model import LLaMA, ModelConfig, PRESETS
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("data") / "pydoc")
+    T.build_embedded_corpus(d)
+    return d
+
+
+def checkpoint(path, mc, seed=0):
+    """A checkpoint as train.py writes it (the keys export reads), of a model with random weights."""
+    torch.manual_seed(seed)
+    model = LLaMA(mc)
+    for p in model.parameters():  # not the init: norm gains and all matrices random, so every weight matters
+        p.data.normal_(0, 0.1 if p.ndim == 2 else 1.0)
+    os.makedirs(path, exist_ok=True)
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(mc), "config": dataclasses.asdict(T.TrainConfig()),
+                "meta": {"tokenizer": "gpt2", "vocab_size": 100, "eot": 99}}, os.path.join(path, "ckpt.pt"))
+    return model
+
+
+@pytest.mark.parametrize("mc", [ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=128, max_seq_len=32),  # MHA
+                                ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, max_seq_len=32),  # GQA
+                                ModelConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=128, max_seq_len=32, tie_embeddings=True)],
+                         ids=["mha", "gqa", "tied"])
+def test_transformers_gives_our_logits(tmp_path, mc):
+    ours = checkpoint(tmp_path / "run", mc)  # vocabulary 100 padded to 128 rows
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.vocab_size == 128 and hf.config.eos_token_id == 99
+    idx = torch.randint(0, 100, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, ours(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_trained_run_exports_and_still_resumes_exactly(tmp_path, data_dir):
+    small = lambda **kw: T.TrainConfig(data=data_dir, out_dir=str(tmp_path / "run"), max_steps=8, batch_size=2, seq_len=32,
+                                       eval_interval=4, eval_steps=1, log_interval=100, **kw)
+    straight = T.train(dataclasses.replace(small(), out_dir=str(tmp_path / "straight")))
+    T.train(small(stop_after=4))
+    before = (tmp_path / "run" / "ckpt.pt").read_bytes()
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "run" / "ckpt.pt").read_bytes() == before
+    resumed = T.train(small(resume=True))
+    for (n, p), (_, q) in zip(straight["model"].named_parameters(), resumed["model"].named_parameters()):
+        assert torch.equal(p, q), n
+    assert PRESETS["tiny"].dim == transformers.AutoConfig.from_pretrained(tmp_path / "hf").hidden_size
+
+
+def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys):
+    assert export_hf.main([str(tmp_path / "none"), str(tmp_path / "hf")]) == 2
+    assert "ckpt.pt does not exist" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=64, max_seq_len=8))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "not an empty directory" in err and len(err.strip().splitlines()) == 1
+    assert os.listdir(tmp_path / "hf") == ["keep.txt"] and (tmp_path / "hf" / "keep.txt").read_text() == "mine"
+    assert export_hf.main([str(tmp_path / "run")]) == 2  # the target is missing
