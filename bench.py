@@ -392,9 +392,9 @@ def timed_alternately(fns, reps):
 def speed(args):
     rows = {}
     try:
-        import transformers  # noqa: F401  (requirements-bench.txt)
+        import transformers  # noqa: F401  (requirements-dev.txt)
     except ImportError:
-        print("transformers is not installed (pip install -r requirements-bench.txt): model comparison skipped", flush=True)
+        print("transformers is not installed (pip install -r requirements-dev.txt): model comparison skipped", flush=True)
         args.speed_presets = []
     for preset in args.speed_presets:
         cfg = dataclasses.replace(PRESETS[preset], max_seq_len=args.seq_len)
