@@ -120,6 +120,33 @@ def test_rope_buffers_not_in_checkpoint():
     assert not any("rope" in k for k in sd)
 
 
+def test_greedy_generation_is_argmax_of_forward():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=64, max_seq_len=16))
+    prompt = torch.randint(0, 64, (2, 5))
+    out = model.generate(prompt, max_new_tokens=20, temperature=0)  # runs past max_seq_len: the context is cropped
+    assert out.shape == (2, 25) and torch.equal(out[:, :5], prompt)
+    for t in range(5, 25):  # each new token is the argmax of a forward pass over the 16 tokens before it
+        logits = model(out[:, max(0, t - 16):t])[0]
+        assert torch.equal(out[:, t], logits[:, -1].argmax(-1)), t
+    assert torch.equal(model.generate(prompt, 20, temperature=0.7, top_k=1), out)  # top-1 sampling is greedy
+
+
+def test_sampling_uses_its_generator_and_top_k():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=64, max_seq_len=16))
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    rng = torch.get_rng_state()
+    a = model.generate(prompt, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), rng)  # the training RNG is untouched
+    assert torch.equal(a, model.generate(prompt, 8, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, model.generate(prompt, 8, generator=torch.Generator().manual_seed(2)))
+    out = model.generate(prompt, 6, top_k=3, generator=torch.Generator().manual_seed(3))
+    for t in range(1, 7):
+        top3 = model(out[:, :t])[0][:, -1].topk(3).indices
+        assert (top3 == out[:, t:t + 1]).any(-1).all(), t
+
+
 # ---- data ----
 
 
