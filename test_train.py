@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import llr
 import train as T
 from model import LLaMA, ModelConfig, PRESETS
 
@@ -221,6 +222,22 @@ def test_smoke_train_loss_falls(tmp_path, data_dir):
     assert len(losses) == 40 and losses[-1] < losses[0] - 1.5
     assert vals[0] > vals[-1] and s["val_loss"] == vals[-1]
     assert os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
+def test_every_evaluation_logs_alphas_and_a_sample(tmp_path, data_dir, capsys):
+    s = T.train(small(tmp_path, data_dir, sample_tokens=16))
+    evals = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl") if '"val_loss"' in l]
+    matrices = [n for n, p in s["model"].named_parameters() if p.ndim == 2]
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    for r in evals:  # a uniform AdamW run: an alpha for every matrix, in model order
+        assert list(r["alphas"]) == matrices and all(1 < a < 10 for a in r["alphas"].values())
+        assert isinstance(r["sample"], str) and r["sample"]
+    assert evals[-1]["alphas"] == pytest.approx(llr.alphas(s["model"]))  # the last one is of the final weights
+    out = capsys.readouterr().out
+    assert out.count("| sample '") + out.count('| sample "') == 3 and "alphas" in out and "samples" in out
+    assert s["alphas_seconds"] > 0 and 0 < s["samples_fraction"] < 10
+    off = T.train(small(tmp_path / "off", data_dir, sample_tokens=0, max_steps=10))
+    assert "samples_seconds" not in off and not any('"sample"' in l for l in open(tmp_path / "off" / "out" / "metrics.jsonl"))
 
 
 def test_resume_is_bitwise_exact(tmp_path, data_dir):
