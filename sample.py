@@ -19,7 +19,7 @@ import sys
 import torch
 
 from model import LLaMA, ModelConfig
-from train import EOT, UsageError, decode, get_tokenizer
+from train import UsageError, decode, get_tokenizer
 
 # ---- the run: model and tokenizer ----
 
@@ -90,7 +90,7 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = Parser(description="Sample text from a trained run (out_dir/ckpt.pt).")
     p.add_argument("--out_dir", default="out/tiny-adamw", help="the run's directory, holding ckpt.pt")
-    p.add_argument("--start", default="", help=f"text each sample begins with (after {EOT}); empty = a fresh document")
+    p.add_argument("--start", default="", help="text each sample begins with (after end-of-text); empty = a fresh document")
     p.add_argument("--num_samples", type=int, default=3, help="samples to draw")
     p.add_argument("--max_new_tokens", type=int, default=200, help="tokens generated per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; < 1 is more conservative, 0 greedy")

@@ -233,6 +233,9 @@ def test_every_evaluation_logs_alphas_and_a_sample(tmp_path, data_dir, capsys):
         assert list(r["alphas"]) == matrices and all(1 < a < 10 for a in r["alphas"].values())
         assert isinstance(r["sample"], str) and r["sample"]
     assert evals[-1]["alphas"] == pytest.approx(llr.alphas(s["model"]))  # the last one is of the final weights
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=False)
+    torch.manual_seed(ckpt["config"]["seed"])  # the README's recipe for a run's initialisation
+    assert llr.alphas(LLaMA(ModelConfig(**ckpt["model_config"]))) == evals[0]["alphas"]
     out = capsys.readouterr().out
     assert out.count("| sample '") + out.count('| sample "') == 3 and "alphas" in out and "samples" in out
     assert s["alphas_seconds"] > 0 and 0 < s["samples_fraction"] < 10
