@@ -13,6 +13,8 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
         opt.step()
         if info: print(llr.layer_table(info['alphas'], info['multipliers']))
 
+    llr.alphas(model)                                           # {name: alpha} of every 2-D weight, any nn.Module
+
 Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
 spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
 linearly to a learning-rate multiplier in [r_min, r_max]: light tails (large alpha, "undertrained")
@@ -78,6 +80,37 @@ def hill_alpha(eigs, xmin_pos=2.0):
     """PL_Alpha_Hill of one ascending spectrum, with xmin at lambda_{floor(N/xmin_pos)} (the median
     for xmin_pos=2). Returns NaN for a degenerate spectrum (see _hill)."""
     return _hill(torch.as_tensor(eigs).double().sort().values[None], xmin_pos)[0].item()
+
+
+def alphas(model, xmin_pos=2.0):
+    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)),
+    NaN where degenerate. Matrices of one shape go through one batched decomposition; a transposed
+    layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so the same alpha.
+    Under torch.distributed it is a collective: call it on every rank. Each rank does every world-th
+    matrix (round-robin in shape order, so the work is balanced), the others leave zeros, and one
+    all_reduce(SUM) hands everyone the same bits."""
+    named = model.named_parameters() if isinstance(model, nn.Module) else model
+    named = [(n, w) for n, w in named if w.ndim == 2]
+    if not named:
+        return {}
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    order = sorted(range(len(named)), key=lambda j: (tuple(named[j][1].shape), j))
+    by_shape = defaultdict(list)
+    for j in order[rank::world]:
+        by_shape[tuple(named[j][1].shape)].append(j)
+    device = named[0][1].device
+    out = torch.zeros(len(named), dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for (rows, cols), idx in by_shape.items():
+            per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
+            for c in range(0, len(idx), per_chunk):
+                chunk = idx[c:c + per_chunk]
+                stack = torch.stack([named[j][1].detach() for j in chunk])  # (B, rows, cols)
+                out[chunk] = _hill(_gram_eigs(stack), xmin_pos).to(device)
+    if world > 1:
+        dist.all_reduce(out)  # exactly one collective per call, on every rank
+    return dict(zip([n for n, _ in named], out.tolist()))  # the one host sync
 
 
 def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
@@ -220,28 +253,9 @@ class LLR:
         return start + (target - start) * max(k, 0) / ramp
 
     def _measure(self):
-        """Hill alpha of every measured matrix, {name: float}, NaN where degenerate. Under DDP each rank
-        does every world-th matrix (round-robin in shape order, so the work is balanced), the others
-        leave zeros, and one all_reduce(SUM) hands everyone the same bits."""
-        if not self.measured:
-            return {}
-        ddp = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-        order = sorted(range(len(self.measured)), key=lambda j: (tuple(self.measured[j][1].shape), j))
-        by_shape = defaultdict(list)
-        for j in order[rank::world]:
-            by_shape[tuple(self.measured[j][1].shape)].append(j)
-        device = self.measured[0][1].device
-        alphas = torch.zeros(len(self.measured), dtype=torch.float64, device=device)
-        for (rows, cols), idx in by_shape.items():
-            per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
-            for c in range(0, len(idx), per_chunk):
-                chunk = idx[c:c + per_chunk]
-                stack = torch.stack([self.measured[j][1].detach() for j in chunk])  # (B, rows, cols)
-                alphas[chunk] = _hill(_gram_eigs(stack), self.cfg.xmin_pos).to(device)
-        if world > 1:
-            dist.all_reduce(alphas)  # exactly one collective per recompute, on every rank
-        return dict(zip([n for n, _ in self.measured], alphas.tolist()))  # the one host sync
+        """Hill alpha of every measured matrix, {name: float}, NaN where degenerate: llr.alphas, so
+        the alphas train.py logs at each evaluation come from the same route."""
+        return alphas(self.measured, self.cfg.xmin_pos)
 
     def _recompute(self, step):
         alphas = self._measure()

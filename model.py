@@ -4,6 +4,7 @@ A compact LLaMA: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention.
     from model import LLaMA, PRESETS
     model = LLaMA(PRESETS["tiny"])
     logits, loss = model(idx, targets)   # idx, targets: (B, T) int64
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=50)
 
 Module names follow Hugging Face's LlamaForCausalLM (q_proj ... down_proj, embed_tokens, lm_head),
 so per-layer reports read like the paper and weights map onto HF checkpoints one to one.
@@ -160,6 +161,25 @@ class LLaMA(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy (argmax); top_k keeps
+        only the k likeliest tokens. No KV cache: each step reruns the (cropped) context, which is simple
+        and fast enough at these sizes. `generator` keeps sampling off the global RNG (training uses it)."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.cfg.max_seq_len:]  # RoPE tables end at max_seq_len: forget the oldest tokens
+            logits = self(context)[0][:, -1, :].float()  # (B, vocab), the next token only
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
 
     def get_input_embeddings(self):  # the accessors of transformers' models: llr finds embedding and head by them
         return self.embed_tokens

@@ -121,6 +121,45 @@ def test_null_eigenvalues_of_a_float32_low_rank_matrix_are_not_a_tail():
     assert math.isnan(hill_alpha(esd(w)))
 
 
+# ---- llr.alphas: any model, the route LLR uses ----
+
+
+def hf_model(arch):
+    """A transformers model from a small random config (no download)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if arch == "gpt2":  # Conv1D layers store their weights transposed, (in, out); lm_head is tied to wte
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=96, vocab_size=200))
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=200, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_alphas_of_transformers_models_match_svdvals(arch):
+    model = hf_model(arch)
+    with torch.no_grad():  # a few large singular values in one matrix per shape family: not only init spectra
+        for n, p in model.named_parameters():
+            if p.ndim == 2 and ".0." in n:
+                p[:3] *= 8.0
+    matrices = {n: p for n, p in model.named_parameters() if p.ndim == 2}
+    got = llr.alphas(model)
+    assert list(got) == list(matrices)  # every 2-D weight once (a tied head is the embedding), in model order
+    if arch == "gpt2":
+        assert matrices["transformer.h.0.attn.c_attn.weight"].shape == (64, 192)  # (in, out): transposed
+    else:
+        assert {"model.layers.1.self_attn.k_proj.weight", "lm_head.weight"} <= set(got)
+    for n, w in matrices.items():
+        assert got[n] == pytest.approx(ref_alpha(w), abs=1e-4), n
+
+
+def test_llr_measures_through_alphas():
+    model = TinyLM()
+    info = LLR(model, torch.optim.SGD(param_groups(model), lr=0.1), total_steps=10).step(0)
+    assert info["alphas"] == llr.alphas(model)  # one route: the same bits
+    assert llr.alphas(nn.Sequential(nn.LayerNorm(4))) == {}
+
+
 # ---- alpha -> multiplier ----
 
 

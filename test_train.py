@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import llr
 import train as T
 from model import LLaMA, ModelConfig, PRESETS
 
@@ -130,6 +131,33 @@ def test_rope_buffers_not_in_checkpoint():
     assert not any("rope" in k for k in sd)
 
 
+def test_greedy_generation_is_argmax_of_forward():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=64, max_seq_len=16))
+    prompt = torch.randint(0, 64, (2, 5))
+    out = model.generate(prompt, max_new_tokens=20, temperature=0)  # runs past max_seq_len: the context is cropped
+    assert out.shape == (2, 25) and torch.equal(out[:, :5], prompt)
+    for t in range(5, 25):  # each new token is the argmax of a forward pass over the 16 tokens before it
+        logits = model(out[:, max(0, t - 16):t])[0]
+        assert torch.equal(out[:, t], logits[:, -1].argmax(-1)), t
+    assert torch.equal(model.generate(prompt, 20, temperature=0.7, top_k=1), out)  # top-1 sampling is greedy
+
+
+def test_sampling_uses_its_generator_and_top_k():
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=64, n_layers=2, vocab_size=64, max_seq_len=16))
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    rng = torch.get_rng_state()
+    a = model.generate(prompt, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), rng)  # the training RNG is untouched
+    assert torch.equal(a, model.generate(prompt, 8, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, model.generate(prompt, 8, generator=torch.Generator().manual_seed(2)))
+    out = model.generate(prompt, 6, top_k=3, generator=torch.Generator().manual_seed(3))
+    for t in range(1, 7):
+        top3 = model(out[:, :t])[0][:, -1].topk(3).indices
+        assert (top3 == out[:, t:t + 1]).any(-1).all(), t
+
+
 # ---- data ----
 
 
@@ -204,6 +232,25 @@ def test_smoke_train_loss_falls(tmp_path, data_dir):
     assert len(losses) == 40 and losses[-1] < losses[0] - 1.5
     assert vals[0] > vals[-1] and s["val_loss"] == vals[-1]
     assert os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
+def test_every_evaluation_logs_alphas_and_a_sample(tmp_path, data_dir, capsys):
+    s = T.train(small(tmp_path, data_dir, sample_tokens=16))
+    evals = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl") if '"val_loss"' in l]
+    matrices = [n for n, p in s["model"].named_parameters() if p.ndim == 2]
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    for r in evals:  # a uniform AdamW run: an alpha for every matrix, in model order
+        assert list(r["alphas"]) == matrices and all(1 < a < 10 for a in r["alphas"].values())
+        assert isinstance(r["sample"], str) and r["sample"]
+    assert evals[-1]["alphas"] == pytest.approx(llr.alphas(s["model"]))  # the last one is of the final weights
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=False)
+    torch.manual_seed(ckpt["config"]["seed"])  # the README's recipe for a run's initialisation
+    assert llr.alphas(LLaMA(ModelConfig(**ckpt["model_config"]))) == evals[0]["alphas"]
+    out = capsys.readouterr().out
+    assert out.count("| sample '") + out.count('| sample "') == 3 and "alphas" in out and "samples" in out
+    assert s["alphas_seconds"] > 0 and 0 < s["samples_fraction"] < 10
+    off = T.train(small(tmp_path / "off", data_dir, sample_tokens=0, max_steps=10))
+    assert "samples_seconds" not in off and not any('"sample"' in l for l in open(tmp_path / "off" / "out" / "metrics.jsonl"))
 
 
 def test_resume_is_bitwise_exact(tmp_path, data_dir):

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lanton import LANTON, LANTONConfig
-from llr import LLR, LLRConfig, Muon, layer_table, param_groups, roles
+from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
 
 # ---- data: tokenizers and llm.c token shards ----
@@ -207,6 +207,7 @@ class TrainConfig:
     eval_interval: int = 100          # evaluate and checkpoint every this many steps (and at the end)
     eval_steps: int = 10              # validation batches per evaluation
     log_interval: int = 10            # console line every this many steps
+    sample_tokens: int = 64           # at each evaluation rank 0 prints and logs a sample this many tokens long; 0 = off
     resume: bool = False              # continue from out_dir/ckpt.pt
     stop_after: int = 0               # end after this many steps of this invocation, with a checkpoint; 0 = run to max_steps
 
@@ -292,7 +293,7 @@ def check_config(cfg):
     for key in ("max_steps", "batch_size", "seq_len", "eval_steps", "log_interval"):
         if getattr(cfg, key) <= 0:
             raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after"):
+    for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after", "sample_tokens"):
         if getattr(cfg, key) < 0:
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
     if not (cfg.lr > 0 and cfg.muon_lr > 0):
@@ -374,7 +375,7 @@ def set_rng_state(state):
 
 
 # settings that must match between a checkpoint and the run that resumes it
-RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir")
+RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir", "sample_tokens")
 
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
@@ -385,6 +386,23 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def decode(enc, ids):
+    """Text of token ids. An id from the vocabulary's padding (never in the data, but an untrained model
+    samples them) shows as U+FFFD; so do bytes that are not UTF-8."""
+    pieces = (enc.decode_single_token_bytes(t) if t < enc.n_vocab else "\ufffd".encode() for t in ids)
+    return b"".join(pieces).decode("utf-8", errors="replace")
+
+
+def sample_text(model, enc, n_tokens, seed, amp):
+    """n_tokens sampled from the start of a document (end-of-text, as before every document of the shards),
+    with a generator of its own: the same random stream at every evaluation, and the training RNG untouched."""
+    device = model.lm_head.weight.device
+    idx = torch.tensor([[enc.eot_token]], device=device)
+    with amp:
+        out = model.generate(idx, n_tokens, temperature=0.8, top_k=50, generator=torch.Generator(device=device).manual_seed(seed))
+    return decode(enc, out[0, 1:].tolist())
 
 # ---- the training loop ----
 
@@ -476,6 +494,13 @@ def train(cfg):
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
 
+    enc = None  # the data's tokenizer, for samples
+    if master and cfg.sample_tokens:
+        try:
+            enc = get_tokenizer(meta["tokenizer"])
+        except Exception as e:  # e.g. GPT-2 shards offline: training never needed the ranks file, so go on without
+            print0(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})")
+
     def evaluate():
         model.eval()
         loader, loss = Loader(val_files, B, T, rank, world), torch.zeros((), device=device)
@@ -495,18 +520,27 @@ def train(cfg):
         for s in (signal.SIGINT, signal.SIGTERM):
             old_handlers[s] = signal.signal(s, lambda signum, frame: stop_signal.append(signum))
     start, stopping, train_time, val_loss, loss_val = step, False, 0.0, None, None
+    seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what each evaluation adds, timed
     try:
         while True:
             done = step == cfg.max_steps or stopping or (cfg.stop_after and step - start == cfg.stop_after)
             if step == cfg.max_steps or (cfg.eval_interval and step % cfg.eval_interval == 0 and not (cfg.resume and step == start)):
                 val_loss = evaluate()
-                print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}")
-                log({"step": step, "val_loss": val_loss})
+                t1 = time.perf_counter()
+                spectra = alphas(model)  # the Hill alpha of every matrix, for every run (a collective under DDP)
+                seconds["alphas"] += time.perf_counter() - t1
+                rec = {"step": step, "val_loss": val_loss, "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
+                if enc:
+                    t1 = time.perf_counter()
+                    rec["sample"] = sample_text(model, enc, cfg.sample_tokens, cfg.seed, amp)
+                    seconds["samples"] += time.perf_counter() - t1
+                print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}" + (f" | sample {rec['sample']!r}" if enc else ""))
+                log(rec)
             if master and step > start and (done or (cfg.eval_interval and step % cfg.eval_interval == 0)):
                 save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o, _ in optimizers],
                                             **{m: c.state_dict() for m, c in controllers.items()}, "loader": train_loader.state_dict(),
                                             "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta,
-                                            "model_config": dataclasses.asdict(mcfg)})
+                                            "model_config": dataclasses.asdict(mcfg)})  # sample.py rebuilds the model from it
             if done:
                 break
 
@@ -566,9 +600,10 @@ def train(cfg):
     summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time, "out_dir": out_dir,
                "interrupted": stop_signal[0] if stop_signal else None, "model": model}
     overhead = ""
-    for method, controller in controllers.items():  # time spent inside the layerwise method, as a share of training
-        summary[f"{method}_seconds"], summary[f"{method}_fraction"] = controller.seconds, controller.seconds / max(train_time, 1e-9)
-        overhead += f", {method} {controller.seconds:.2f}s ({100 * summary[f'{method}_fraction']:.1f}%)"
+    # time inside the layerwise methods, and what evaluations add (alphas, samples), as shares of training time
+    for what, s in ({m: c.seconds for m, c in controllers.items()} | seconds).items():
+        summary[f"{what}_seconds"], summary[f"{what}_fraction"] = s, s / max(train_time, 1e-9)
+        overhead += f", {what} {s:.2f}s ({100 * summary[f'{what}_fraction']:.1f}%)"
     print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, {train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
     return summary
 

@@ -1,0 +1,61 @@
+"""
+Tests of plot.py: a PNG of a uniform run and an LLR run made here; the heatmap holds the logged alphas.
+
+    python -m pytest -q test_plot.py
+"""
+
+import json
+
+import pytest
+
+import plot
+import train as T
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A uniform AdamW run and an LLR run, 12 steps each, evaluated every 4; returns their out_dirs."""
+    tmp = tmp_path_factory.mktemp("runs")
+    T.build_embedded_corpus(str(tmp / "pydoc"))
+    base = T.TrainConfig(data=str(tmp / "pydoc"), max_steps=12, batch_size=4, seq_len=32, eval_interval=4, eval_steps=1,
+                         sample_tokens=0, llr_config=T.LLRConfig(interval=2))
+    T.train(T.dataclasses.replace(base, out_dir=str(tmp / "uniform")))
+    T.train(T.dataclasses.replace(base, out_dir=str(tmp / "llr"), llr=True))
+    return str(tmp / "uniform"), str(tmp / "llr")
+
+
+def test_writes_a_png_of_both_runs(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "runs.png"
+    assert plot.main([*runs, f"--out={out}"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_heatmap_shows_the_logged_alphas_and_multipliers(runs):
+    plt = plot.pyplot() or pytest.skip("matplotlib is not installed")
+    uniform, llr = plot.load_run(runs[0]), plot.load_run(runs[1])
+    assert [s for s, _ in llr["val"]] == [0, 4, 8, 12] and [r["step"] for r in llr["llr"]] == [0, 2]  # window: 20% of 12 steps
+    assert uniform["tokens_per_step"] == 4 * 32 and len(uniform["train"]) == 12 and not uniform["llr"]
+    fig = plt.figure()
+    plot.draw_run(fig, llr)
+    alpha_ax, mult_ax = [ax for ax in fig.axes if ax.get_title()]  # the two panels (the others are colour bars)
+    names = list(llr["alphas"][0]["alphas"])
+    grid = alpha_ax.get_images()[0].get_array()
+    assert grid.shape == (len(names), 4)
+    assert grid[names.index("layers.2.mlp.up_proj.weight"), 3] == llr["alphas"][3]["alphas"]["layers.2.mlp.up_proj.weight"]
+    assert mult_ax.get_images()[0].get_array()[names.index("lm_head.weight"), 0] == 3.0  # LLR: r_max for the head
+    plt.close(fig)
+
+
+def test_resumed_run_and_bad_input(runs, tmp_path, capsys, monkeypatch):
+    lines = open(f"{runs[0]}/metrics.jsonl").read().splitlines()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()  # as a run that stopped after step 6 and resumed from its step-4 checkpoint logs it
+    (resumed / "metrics.jsonl").write_text("\n".join(lines + [l for l in lines if '"loss"' in l and json.loads(l)["step"] in (5, 6)]))
+    assert plot.load_run(str(resumed))["train"] == plot.load_run(runs[0])["train"]  # one loss per step
+    assert plot.main([str(tmp_path / "none")]) == 2
+    assert "metrics.jsonl does not exist" in capsys.readouterr().err
+    monkeypatch.setattr(plot, "pyplot", lambda: None)
+    assert plot.main([runs[0]]) == 1
+    assert "pip install matplotlib" in capsys.readouterr().err

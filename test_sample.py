@@ -1,0 +1,89 @@
+"""
+Tests of sample.py: text from a checkpoint made here, decoded with the run's tokenizer; bad input exits 2.
+
+    python -m pytest -q test_sample.py
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+import train as T
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 10-step byte-level run of a small model; returns its out_dir."""
+    tmp = tmp_path_factory.mktemp("run")
+    T.build_embedded_corpus(str(tmp / "pydoc"))
+    T.train(T.TrainConfig(data=str(tmp / "pydoc"), out_dir=str(tmp / "out"), max_steps=10, batch_size=4, seq_len=32,
+                          eval_interval=10, eval_steps=1, sample_tokens=0))
+    return str(tmp / "out")
+
+
+def one_line_error(capsys, argv, *words):
+    assert sample.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_cli_prints_samples(run):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "sample.py"), f"--out_dir={run}", "--start=def ", "--num_samples=2",
+                        "--max_new_tokens=20", "--temperature=0.8", "--top_k=50", "--seed=0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("-" * 40 + "\n")
+    assert len(samples) == 3 and samples[-1] == ""
+    assert all(s.startswith("def ") and len(s) > len("def \n") for s in samples[:2])
+
+
+def test_greedy_sample_is_the_models_own_greedy_text(run, capsys):
+    assert sample.main([f"--out_dir={run}", "--start=Th", "--num_samples=1", "--max_new_tokens=12", "--temperature=0"]) == 0
+    text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
+    model, meta = sample.load_model(run, torch.device("cpu"))
+    enc = T.get_tokenizer(meta["tokenizer"])
+    ids = model.generate(torch.tensor([[enc.eot_token] + enc.encode("Th")]), 12, temperature=0)[0, 1:].tolist()
+    assert text == T.decode(enc, ids)
+    outs = []
+    for seed in (0, 0, 1):  # the seed fixes the samples
+        sample.main([f"--out_dir={run}", "--max_new_tokens=12", f"--seed={seed}"])
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] != outs[2]
+
+
+def test_missing_checkpoint_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "sample.py"), f"--out_dir={tmp_path}/none"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "ckpt.pt does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_input_exits_2(run, tmp_path, capsys):
+    for argv, words in [(["--num_samples=0"], ["--num_samples"]), (["--max_new_tokens=abc"], ["--max_new_tokens"]),
+                        (["--temperature=-1"], ["--temperature"]), (["--temperature=nan"], ["--temperature"]),
+                        (["--top_k=-3"], ["--top_k"]), (["--start=<|endoftext|>"], ["--start", "cannot be encoded"]),
+                        (["--start=caf\udce9"], ["--start", "cannot be encoded"]),  # Latin-1 bytes from a shell
+                        ([f"--tokenizer={tmp_path}/none.tiktoken"], ["cannot load tokenizer"]),
+                        (["--tokenizer=" + os.path.join(HERE, "..", "shared", "data", "gpt2.tiktoken")], ["50257", "257"]),
+                        (["--nope"], ["--nope"])]:
+        if "gpt2.tiktoken" in argv[0] and not os.path.exists(argv[0].split("=", 1)[1]):
+            continue  # the GPT-2 ranks file is not beside the repo here
+        one_line_error(capsys, [f"--out_dir={run}", *argv], *words)
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load")
+
+
+def test_checkpoint_without_model_config(run, tmp_path, capsys):
+    ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=False)
+    del ckpt["model_config"]  # as train.py wrote them before samples: the model is named in metrics.jsonl
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    one_line_error(capsys, [f"--out_dir={tmp_path}"], "predates model_config")
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        (tmp_path / "metrics.jsonl").write_text(f.readline())
+    assert sample.main([f"--out_dir={tmp_path}", "--max_new_tokens=5"]) == 0
+    assert capsys.readouterr().out.count("-" * 40) == 3
