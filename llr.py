@@ -18,7 +18,8 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
 Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
 spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
 linearly to a learning-rate multiplier in [r_min, r_max]: light tails (large alpha, "undertrained")
-get large multipliers, heavy tails small ones. See SPEC.md sections 1 and 2.
+get large multipliers, heavy tails small ones. The README's "Method notes" give the details, and where
+this code departs from the paper's official release.
 """
 
 import math
@@ -31,54 +32,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-# ---- spectra and the Hill estimator ----
-
-
-def _gram_eigs(w, dtype=None):
-    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64.
-    The Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it is about
-    3x faster than float32 svdvals on 2 CPU cores (bench.py cost). On CPU it runs in float32: alphas
-    then agree with a float64 reference to ~1e-6 relative, and to 1e-4 on spiky trained-like spectra
-    (tested). On CUDA it runs in float64, because a float32 matmul there may silently run in TF32.
-    dtype=torch.float64 forces float64 (the nuclear norm needs it: a square root turns float32's
-    ~1e-7 * max rounding of zero eigenvalues into ~3e-4 * max per zero singular value)."""
-    w = w.detach()
-    finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    w = w.masked_fill(~finite[..., None, None], 0).to(dtype or (torch.float64 if w.is_cuda else torch.float32))
-    gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
-    eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
-    return eigs.masked_fill(~finite[..., None], float("nan"))
+# ---- 1. the spectrum of each weight matrix, and the Hill estimator of its heavy tail ----
 
 
 def esd(weight):
-    """Empirical spectral density of W^T W: the squared singular values, ascending, float32 (SPEC 1.1).
+    """Empirical spectral density of W^T W: the squared singular values of W, ascending, float32.
     Accepts one matrix (rows, cols) or a stack of same-shape matrices (B, rows, cols)."""
     if weight.ndim < 2:
         raise ValueError(f"esd needs a matrix, got shape {tuple(weight.shape)}")
     return _gram_eigs(weight).float()
 
 
-def _hill(eigs, xmin_pos=2.0):
-    """Batched Hill estimator over the last dim of ascending eigenvalues; NaN marks a degenerate row.
-    alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i), i = floor(N / xmin_pos), n = N - i  (SPEC 1.1)"""
-    eigs = eigs.double()
-    N = eigs.shape[-1]
-    i = int(N / xmin_pos)
-    n = N - i
-    tail = eigs[..., i:]  # the tail includes xmin = lambda_i itself
-    xmin = tail[..., 0]
-    spread = tail.log().sum(-1) - n * xmin.log()  # sum of ln(lambda_j / xmin) over the tail
-    alpha = 1 + n / spread
-    # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
-    # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
-    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues up to ~3 eps * max
-    ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
-    return torch.where(ok, alpha, float("nan"))
-
-
 def hill_alpha(eigs, xmin_pos=2.0):
-    """PL_Alpha_Hill of one ascending spectrum, with xmin at lambda_{floor(N/xmin_pos)} (the median
-    for xmin_pos=2). Returns NaN for a degenerate spectrum (see _hill)."""
+    """PL_Alpha_Hill of one ascending spectrum (arXiv 2605.22297), with xmin at lambda_{floor(N/xmin_pos)},
+    the median for xmin_pos=2:  alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i),  i = floor(N / xmin_pos),
+    n = N - i. NaN for a degenerate spectrum (see _hill)."""
     return _hill(torch.as_tensor(eigs).double().sort().values[None], xmin_pos)[0].item()
 
 
@@ -113,8 +81,46 @@ def alphas(model, xmin_pos=2.0):
     return dict(zip([n for n, _ in named], out.tolist()))  # the one host sync
 
 
+def _gram_eigs(w, dtype=None):
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for non-finite W."""
+    w = w.detach()
+    finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
+    # float32 on CPU: alpha within ~1e-6 of float64 (tested); float64 on CUDA, where a float32 matmul may be TF32
+    w = w.masked_fill(~finite[..., None, None], 0).to(dtype or (torch.float64 if w.is_cuda else torch.float32))
+    # the Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats svdvals
+    gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
+    eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
+    return eigs.masked_fill(~finite[..., None], float("nan"))
+
+
+def _hill(eigs, xmin_pos=2.0):
+    """hill_alpha over the last dim of a stack of ascending spectra; NaN marks a degenerate row."""
+    eigs = eigs.double()
+    N = eigs.shape[-1]
+    i = int(N / xmin_pos)
+    n = N - i
+    tail = eigs[..., i:]  # the tail includes xmin = lambda_i itself
+    xmin = tail[..., 0]
+    spread = tail.log().sum(-1) - n * xmin.log()  # sum of ln(lambda_j / xmin) over the tail
+    alpha = 1 + n / spread
+    # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
+    # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
+    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues up to ~3 eps * max
+    ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
+    return torch.where(ok, alpha, float("nan"))
+
+
+def nuclear_norm(x):
+    """Sum of singular values of each matrix of a stack (LANTON's dual norm). In float64: a square root
+    turns float32's ~1e-7 * max rounding of zero eigenvalues into ~3e-4 * max per zero singular value."""
+    return _gram_eigs(x, torch.float64).sqrt().sum(-1)
+
+
+# ---- 2. alpha -> a learning-rate multiplier per matrix ----
+
+
 def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
-    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (SPEC 1.2), keyed by name.
+    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (the paper's map), keyed by name.
     Non-finite alphas are left out (of the min/max and of the result). All-equal -> r_max everywhere,
     as in the official code."""
     alphas = {k: a for k, a in alphas.items() if math.isfinite(a)}
@@ -126,7 +132,7 @@ def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
     return {k: r_min + (r_max - r_min) * (a - lo) / (hi - lo) for k, a in alphas.items()}
 
 
-# ---- the controller ----
+# ---- 3. when multipliers change: the LLR controller, with soft and hard switching ----
 
 
 @dataclass
@@ -152,68 +158,11 @@ class LLRConfig:
                 raise ValueError(msg)
 
 
-def param_groups(model, weight_decay=0.1):
-    """One optimizer group per trainable tensor, named, so each matrix can get its own lr.
-    Matrices (ndim >= 2) decay, vectors (norm gains, biases) do not."""
-    return [{"params": [p], "name": n, "weight_decay": weight_decay if p.ndim >= 2 else 0.0}
-            for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _groups(optimizers):
-    # looked up afresh every step: optimizer.load_state_dict replaces the group dicts
-    return [group for opt in optimizers for group in opt.param_groups]
-
-
-def _first(group):  # a group is known by its first tensor, never by its position
-    return id(group["params"][0]) if group["params"] else None
-
-
-def nuclear_norm(x):
-    """Sum of singular values of each matrix of a stack: the square roots of the Gram's eigenvalues."""
-    return _gram_eigs(x, torch.float64).sqrt().sum(-1)
-
-
-def roles(model):
-    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the model's
-    own get_output_embeddings() returns (transformers' models and model.LLaMA have it; define it on a model of
-    yours to name its head); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
-    role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        role[id(head.weight)] = "head"
-    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    embeds += [model.get_input_embeddings()] if hasattr(model, "get_input_embeddings") else []
-    role |= {id(m.weight): "embed" for m in embeds if m is not None}
-    return role
-
-
-def _map_groups(model, optimizers, key):
-    """Map every optimizer group to one multiplier key, by tensor identity (never by position).
-    key(name, param) -> the group's key; a group whose tensors need different keys is an error.
-    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
-    names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
-    order = {pid: i for i, pid in enumerate(names)}
-    key_of, seen = {}, {}
-    for opt in optimizers:
-        for group in opt.param_groups:
-            keys = set()
-            for p in group["params"]:
-                if id(p) not in names:
-                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
-                seen[id(p)] = p
-                keys.add(key(names[id(p)], p))
-            if len(keys) > 1:
-                members = ", ".join(names[id(p)] for p in group["params"])
-                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
-                                 f"use one group per parameter, e.g. llr.param_groups(model)")
-            key_of[_first(group)] = keys.pop() if keys else None
-    return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
-
-
-
 class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
 
+    Cadence: recompute at the first step() and every `interval` steps while step <= window * total_steps
+    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps, ramp half that).
     Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute
     at step t with target m* places a knot at t: m(t) is unchanged (the value the previous segment
     gives at t, mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the
@@ -310,6 +259,62 @@ class LLR:
         self.computed_at = int(state["computed_at"])
 
 
+# ---- optimizer groups: which tensor each group holds, and its role (shared with lanton.py) ----
+
+
+def param_groups(model, weight_decay=0.1):
+    """One optimizer group per trainable tensor, named, so each matrix can get its own lr.
+    Matrices (ndim >= 2) decay, vectors (norm gains, biases) do not."""
+    return [{"params": [p], "name": n, "weight_decay": weight_decay if p.ndim >= 2 else 0.0}
+            for n, p in model.named_parameters() if p.requires_grad]
+
+
+def roles(model):
+    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the model's
+    own get_output_embeddings() returns (transformers' models and model.LLaMA have it; define it on a model of
+    yours to name its head); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
+    role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        role[id(head.weight)] = "head"
+    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    embeds += [model.get_input_embeddings()] if hasattr(model, "get_input_embeddings") else []
+    role |= {id(m.weight): "embed" for m in embeds if m is not None}
+    return role
+
+
+def _groups(optimizers):
+    # looked up afresh every step: optimizer.load_state_dict replaces the group dicts
+    return [group for opt in optimizers for group in opt.param_groups]
+
+
+def _first(group):  # a group is known by its first tensor, never by its position
+    return id(group["params"][0]) if group["params"] else None
+
+
+def _map_groups(model, optimizers, key):
+    """Map every optimizer group to one multiplier key, by tensor identity (never by position).
+    key(name, param) -> the group's key; a group whose tensors need different keys is an error.
+    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
+    names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
+    order = {pid: i for i, pid in enumerate(names)}
+    key_of, seen = {}, {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            keys = set()
+            for p in group["params"]:
+                if id(p) not in names:
+                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
+                seen[id(p)] = p
+                keys.add(key(names[id(p)], p))
+            if len(keys) > 1:
+                members = ", ".join(names[id(p)] for p in group["params"])
+                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
+                                 f"use one group per parameter, e.g. llr.param_groups(model)")
+            key_of[_first(group)] = keys.pop() if keys else None
+    return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
+
+
 # ---- console table ----
 
 LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("gate", "gate_proj"),
@@ -340,7 +345,7 @@ def layer_table(alphas, multipliers, label="alpha"):
 
 
 def orthogonalize(u, steps=5, dtype=None):
-    """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T  (SPEC 2).
+    """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T (Keller Jordan's Muon).
     After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd
     quintic p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T.
     The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular
@@ -375,8 +380,6 @@ class Muon(torch.optim.Optimizer):
     lr * 0.2 * sqrt(max(rows, cols)) (Moonlight), which lets Muon reuse AdamW's lr and weight decay."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, adjust_lr="original"):
-        if adjust_lr not in ("original", "match_rms_adamw"):
-            raise ValueError(f"adjust_lr must be 'original' or 'match_rms_adamw', got {adjust_lr!r}")
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr=adjust_lr)
