@@ -23,11 +23,11 @@ import statistics
 import sysconfig
 import time
 
-import numpy as np
 import torch
 
 import lanton
 import llr
+import plot
 import train as T
 from model import LLaMA, PRESETS
 
@@ -93,7 +93,7 @@ def code_fingerprint():
                                 dict(optimizer="muon", lanton=True, llr=True, llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
                                      lanton_config=lanton.LANTONConfig(every=2))]):
             s = T.train(T.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8, batch_size=2, seq_len=32,
-                                      eval_interval=0, eval_steps=2, log_interval=10**9, **kw))
+                                      eval_interval=0, eval_steps=2, log_interval=10**9, sample_tokens=0, **kw))
             losses += [s["train_loss"], s["val_loss"]]
     return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
 
@@ -223,7 +223,8 @@ def quality(args):
         ctx = ctx_of[cfg.data or demo_data]
         grid = st["grid"](found) if callable(st["grid"]) else st["grid"]
         if args.quick:
-            cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4, eval_steps=2, compile=False)
+            cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4, eval_steps=2, compile=False,
+                                      sample_tokens=0)
             grid = grid[1:3] or grid
         best, sweep = tune(cfg, st["knob"], grid, ctx, args)
         found[st["name"]] = best
@@ -258,10 +259,7 @@ def quality(args):
             verdict = "reference" if is_ref else f"{m - ref_mean:+.4f} ({'yes' if rows[-1]['significant'] else 'no'})"
             table.append(f"| {st['name']} | {name}, {len(rs)} seeds | {lr} | {m:.4f} ± {se:.4f} | {verdict} | "
                          f"{'%.2fx' % speedup if speedup else '' if is_ref else '< 1x'} | {100 * overhead:.1f}% |")
-        plot_curves(st["name"], variants)
-        llr_runs = variants.get("LLR")
-        if llr_runs and llr_runs[0]["llr"]:
-            plot_heatmap(st["name"], llr_runs[0]["llr"])
+        plot_study(st["name"], variants)
     header = ["| study | run | peak LR | final val loss (mean ± s.e.) | vs tuned uniform (> 2 s.e.?) | speedup | LR-method time |",
               "|---|---|---|---|---|---|---|"]
     return {"rows": rows, "table": "\n".join(header + table), "tuned": found,
@@ -269,52 +267,30 @@ def quality(args):
                       "eval_steps": args.eval_steps, "compile": args.compile, "code": code}}
 
 
-def _pyplot():
-    """matplotlib's pyplot without a display, or None when matplotlib (an optional extra) is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        return None
-
-
-def plot_curves(name, variants):
-    """Seed-mean validation curves of every variant, from a quarter of the run on (earlier losses would flatten the rest)."""
-    if not (plt := _pyplot()):
+def plot_study(name, variants):
+    """With plot.py's functions: the seed-mean loss curves of every variant (results/curves_<study>.png), and
+    how each matrix's alpha moved in the first seed of the tuned run and of LLR, with LLR's multipliers
+    (results/heatmap_<study>.png). Runs logged before alphas were logged at evaluations show LLR's own records."""
+    if not (plt := plot.pyplot()):
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, rs in variants.items():
-        steps = [s for s, _ in rs[0]["val"]]
-        mean = np.mean([[v for _, v in r["val"]] for r in rs], axis=0)
-        ax.plot(steps[len(steps) // 4:], mean[len(steps) // 4:], label=label)
-    ax.set(xlabel="step", ylabel="validation loss", title=f"{name} (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    mean = lambda rs, key: [(s, statistics.mean(r[key][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0][key])]
+    curves = [{"name": f"{label} ({len(rs)} seeds)", "tokens_per_step": rs[0]["tokens"] // rs[0]["settings"]["max_steps"],
+               "train": mean(rs, "train"), "val": mean(rs, "val")} for label, rs in variants.items()]
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    plot.draw_losses(ax, curves)
+    quarter = [v for c in curves for s, v in c["val"] if s >= c["val"][-1][0] / 4]  # from a quarter of the run on
+    ax.set(ylim=(min(quarter) - 0.02, max(quarter) + 0.02), title=f"{name} (mean over seeds)")
     fig.savefig(os.path.join(RESULTS, f"curves_{name}.png"), dpi=120)
     plt.close(fig)
-
-
-def plot_heatmap(name, records):
-    """Alpha and target multiplier of every analysed matrix (rows: q..down by depth) at each LLR recompute (columns)."""
-    if not (plt := _pyplot()):
-        return
-    order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    names = sorted((n for n in records[0]["alphas"] if any(o in n for o in order)),
-                   key=lambda n: (next(i for i, o in enumerate(order) if o in n), int(n.split(".")[1])))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.18 * len(names) + 1.5))
-    for ax, key in zip(axes, ("alphas", "multipliers")):
-        grid = np.array([[r[key][n] for r in records] for n in names])
-        im = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ticks = range(0, len(records), max(1, len(records) // 8))
-        ax.set(title=key, xlabel="step", xticks=ticks, xticklabels=[records[i]["step"] for i in ticks])
-        ax.set_yticks(range(len(names)), [n.replace("layers.", "").replace(".weight", "").replace("self_attn.", "").replace("mlp.", "")
-                                          for n in names], fontsize=6)
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"heatmap_{name}.png"), dpi=120)
-    plt.close(fig)
+    runs = [{"name": label, "alphas": rs[0]["alphas"] or rs[0]["llr"], "llr": rs[0]["llr"], "lanton": rs[0]["lanton"]}
+            for label, rs in variants.items() if label.endswith("(tuned)") or label == "LLR"]
+    runs = [r for r in runs if r["alphas"]]
+    if runs:
+        fig = plt.figure(figsize=(12, 0.09 * len(runs[0]["alphas"][0]["alphas"]) * len(runs) + 2 * len(runs)), layout="constrained")
+        for sub, run in zip(fig.subfigures(len(runs), 1, squeeze=False)[:, 0], runs):
+            plot.draw_run(sub, run)
+        fig.savefig(os.path.join(RESULTS, f"heatmap_{name}.png"), dpi=120)
+        plt.close(fig)
 
 
 # ---- 2. cost of the spectral diagnostic ----

@@ -45,7 +45,7 @@ def pad_vocab(n, multiple=64):
     return multiple * math.ceil(n / multiple)
 
 
-# the paper's sizes (SPEC.md 1.4): head_dim 64, GPT-2 vocabulary 50257 padded to 50304
+# the paper's sizes (README, Method notes): head_dim 64, GPT-2 vocabulary 50257 padded to 50304
 PRESETS = {
     "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
     "tiny_gqa": ModelConfig(n_kv_heads=2),  # the same with grouped-query attention (k, v rectangular)

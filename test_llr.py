@@ -61,7 +61,7 @@ def test_hill_formula_by_hand():
 
 
 def test_alpha_at_random_init():
-    # SPEC 1.1: N(0, 0.02) gives ~2.12 square and ~2.99 at 2048x768; over seeds the spread is ~0.005
+    # N(0, 0.02) gives ~2.12 square and ~2.99 at 2048x768; over seeds the spread is ~0.005
     assert ref_alpha(randn(768, 768, std=0.02)) == pytest.approx(2.12, abs=0.03)
     a = hill_alpha(esd(randn(2048, 768, std=0.02)))
     assert a == pytest.approx(2.99, abs=0.04)
