@@ -128,17 +128,25 @@ def tokenize(job):  # in a worker: end-of-text before each document, all in one 
     return state, np.concatenate(docs).astype(np.uint16), np.array([len(d) + 1 for d in docs[1::2]])
 
 
-def tokenized(docs, where, pool, workers):
+def tokenized(docs, where, enc, workers):
     """(state, tokens, document lengths) for each chunk of documents, in order. Pool.imap would pull the
     whole stream into memory as fast as it can read it, so we keep a bounded window of tasks in flight."""
+    pool = mp.Pool(workers, init_worker, (enc,))
     pending, state = deque(), where[0]
-    while texts := list(islice(docs, DOCS_PER_TASK)):
-        pending.append(pool.apply_async(tokenize, ((state, texts),)))
-        state = where[0]  # where the next chunk starts
-        if len(pending) > 2 * workers:
+    try:
+        while texts := list(islice(docs, DOCS_PER_TASK)):
+            pending.append(pool.apply_async(tokenize, ((state, texts),)))
+            state = where[0]  # where the next chunk starts
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
             yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    finally:
+        # however we leave (done, a shard limit, an error), the few tasks in flight finish and the workers
+        # exit on their own. terminate() would kill a worker halfway through sending its result, holding
+        # the result queue's lock, and the pool would wait for that lock forever
+        pool.close()
+        pool.join()
 
 
 # ---- shards, progress and resume ----
@@ -204,8 +212,8 @@ def prepare(args, enc, out_dir):
     skip, drop = starts[k]["skip"], starts[k]["offset"]
     buf, fill, total, ndocs, first = np.empty(S, dtype=np.uint16), 0, k * S, 0, k * S
     bar = tqdm(total=limit if limit < float("inf") else None, initial=total, unit="tok", unit_scale=True, desc="tokens")
-    with bar, closing(docs), mp.Pool(args.workers, init_worker, (enc,)) as pool:
-        for state, toks, lens in tokenized(docs, where, pool, args.workers):
+    with bar, closing(docs), closing(tokenized(docs, where, enc, args.workers)) as chunks:
+        for state, toks, lens in chunks:
             ends, before = np.cumsum(lens), total
             i, skip, drop = (int(ends[skip - 1]) if skip else 0) + drop, 0, 0
             while i < len(toks) and total < limit:

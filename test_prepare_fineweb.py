@@ -6,6 +6,7 @@ Tests for prepare_fineweb.py: CPU only, no network, a few seconds each.
 
 import gzip
 import json
+import multiprocessing
 import os
 import pathlib
 import random
@@ -162,6 +163,19 @@ def test_max_tokens_and_shards_stop_early(tmp_path, corpus):
     assert [len(read_shard(tmp_path / "a" / f)) for f in shard_names(tmp_path / "a")] == [1000, 1000, 500]
     prepare(tmp_path / "b", inputs, "--shards", "2")
     assert [len(read_shard(tmp_path / "b" / f)) for f in shard_names(tmp_path / "b")] == [1000, 1000]
+
+
+def test_early_stop_lets_the_workers_finish(tmp_path, corpus, monkeypatch):
+    """--shards ends the stream with tasks still in flight. The pool must be closed, not terminated: a worker
+    killed halfway through sending its result holds the result queue's lock, and the pool then waits for
+    that lock forever (a CI run hung here, with two defunct workers)."""
+    killed, real_terminate = [], multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate",
+                        lambda self: (killed.append(self.pid), real_terminate(self)))
+    for extra in (["--shards", "2"], ["--max_tokens", "2500"]):
+        assert prepare(tmp_path / extra[0], corpus[1], *extra) == 0
+    assert killed == []
+    assert multiprocessing.active_children() == []  # every worker has exited and been joined
 
 
 def test_default_out_dirs():
