@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import prepare_fineweb as pf
-from train import get_tokenizer, read_meta, read_shard
+from prepare_fineweb import get_tokenizer, read_meta, read_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "prepare_fineweb.py")
@@ -107,7 +108,37 @@ def all_tokens(out_dir):
     return np.concatenate([np.asarray(read_shard(os.path.join(out_dir, f))) for f in shard_names(out_dir)])
 
 
-# ---- shard format and content ----
+# ---- shard format, tokenizers and content ----
+
+def test_shard_round_trip_and_bad_headers(tmp_path):
+    path = str(tmp_path / "x_train_000001.bin")
+    tokens = np.random.default_rng(0).integers(0, 50257, 1000)
+    pf.write_shard(path, tokens)
+    assert os.path.getsize(path) == 256 * 4 + 2 * 1000
+    np.testing.assert_array_equal(read_shard(path), tokens)
+    raw = bytearray(open(path, "rb").read())
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="too small"):
+        read_shard(str(bad))
+    bad.write_bytes(b"\x01\x02\x03\x04" + raw[4:])
+    with pytest.raises(ValueError, match="magic"):
+        read_shard(str(bad))
+    bad.write_bytes(raw[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_shard(str(bad))
+
+
+def test_tokenizers_offline():
+    enc = get_tokenizer("bytes")
+    assert enc.n_vocab == 257 and enc.eot_token == 256
+    assert enc.decode(enc.encode_ordinary("héllo wörld")) == "héllo wörld"
+    if GPT2 is None:
+        pytest.skip("GPT-2 ranks file not found beside the repo")
+    gpt2 = get_tokenizer(GPT2)
+    assert (gpt2.name, gpt2.n_vocab, gpt2.eot_token) == ("gpt2", 50257, 50256)
+    assert gpt2.encode_ordinary("hello world") == [31373, 995]
+
 
 @pytest.mark.parametrize("tokenizer", TOKENIZERS)
 def test_shards_hold_the_documents_in_order(tmp_path, corpus, tokenizer):
@@ -176,6 +207,24 @@ def test_early_stop_lets_the_workers_finish(tmp_path, corpus, monkeypatch):
         assert prepare(tmp_path / extra[0], corpus[1], *extra) == 0
     assert killed == []
     assert multiprocessing.active_children() == []  # every worker has exited and been joined
+
+
+def test_stands_alone_without_torch(tmp_path, corpus):
+    """--help and a run on local files import numpy and tiktoken, never torch or the training code."""
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        for argv in (["--help"], ["--input", *{corpus[1]!r}, "--tokenizer=bytes", "--out_dir={tmp_path / 'out'}"]):
+            sys.argv = [{SCRIPT!r}, *argv]
+            try:
+                runpy.run_path({SCRIPT!r}, run_name="__main__")
+            except SystemExit as e:
+                assert e.code == 0, e.code
+        print(sorted(m for m in ("torch", "train", "model", "llr", "lanton") if m in sys.modules))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert r.returncode == 0 and "--shard_size" in r.stdout, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert len(all_tokens(tmp_path / "out")) > 0
 
 
 def test_default_out_dirs():

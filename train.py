@@ -8,7 +8,6 @@ Train a LLaMA on CPU, one GPU, or many GPUs, with a uniform learning rate or wit
 """
 
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -29,101 +28,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, layer_table, param_groups
 from model import LLaMA, PRESETS, pad_vocab
+# the shard format and the tokenizers, also importable from here (train.read_shard, train.get_tokenizer, ...)
+from prepare_fineweb import build_byte_corpus, get_tokenizer, list_shards, read_meta, read_shard, write_shard
 
-# ---- data: tokenizers and llm.c token shards ----
-
-SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
-GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = "<|endoftext|>"
-
-
-def get_tokenizer(name):
-    """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
-    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
-        ranks = {bytes([i]): i for i in range(256)}
-        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
-    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
-        from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(name)
-        stem = os.path.basename(name)[: -len(".tiktoken")]
-        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
-    return tiktoken.get_encoding(name)
-
-
-def write_shard(path, tokens):
-    """llm.c format: 256 int32 header (magic, version, count), then uint16 tokens. Atomic: temp + rename."""
-    tokens = np.asarray(tokens)
-    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), "tokens must fit in uint16"
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16).tobytes())
-    os.replace(tmp, path)
-
-
-def read_shard(path):
-    """Memory-map a shard's tokens, checking its header against its size."""
-    size = os.path.getsize(path)
-    if size < 4 * HEADER_INTS:
-        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {4 * HEADER_INTS} bytes)")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
-    if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
-    n = int(header[2])
-    if size != 4 * HEADER_INTS + 2 * n:
-        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
-
-
-def write_meta(data_dir, enc):
-    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
-    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
-    tmp = os.path.join(data_dir, "meta.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, os.path.join(data_dir, "meta.json"))
-
-
-def read_meta(data_dir):
-    """The tokenizer record beside the shards; plain llm.c shards without one are GPT-2."""
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
-    with open(path) as f:
-        return json.load(f)
-
-
-def list_shards(data_dir, split):
-    """Shards of a split, e.g. fineweb_val_000000.bin / fineweb_train_000001.bin, in order."""
-    return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-
-
-def build_byte_corpus(data_dir, name, docs, val_every):
-    """Documents (an iterable of str) as byte tokens in data_dir, every val_every-th one validation.
-    Built aside, then renamed: a concurrent or interrupted build never leaves half a corpus."""
-    if list_shards(data_dir, "train"):
-        return
-    import shutil
-    import tempfile
-    enc = get_tokenizer("bytes")
-    split = {"val": [], "train": []}
-    for i, doc in enumerate(docs):
-        split["val" if i % val_every == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
-    parent = os.path.dirname(os.path.abspath(data_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent)
-    write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
-    write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    write_meta(tmp, enc)
-    os.chmod(tmp, 0o755)
-    try:
-        os.rename(tmp, data_dir)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp)
+# ---- data: the embedded corpus and the loader (the shard format and tokenizers are prepare_fineweb.py's) ----
 
 
 def build_embedded_corpus(data_dir):
