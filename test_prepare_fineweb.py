@@ -127,6 +127,14 @@ def test_shard_round_trip_and_bad_headers(tmp_path):
     bad.write_bytes(raw[:-2])
     with pytest.raises(ValueError, match="truncated"):
         read_shard(str(bad))
+    bad.write_bytes(raw + b"\x00\x00")  # one token more than the header says: not silently read as 1000
+    with pytest.raises(ValueError, match="header says 1000 tokens"):
+        read_shard(str(bad))
+    version2 = np.frombuffer(raw[:1024], dtype=np.int32).copy()
+    version2[1] = 2  # a format we do not know, even though magic and size fit
+    bad.write_bytes(version2.tobytes() + raw[1024:])
+    with pytest.raises(ValueError, match="version 2"):
+        read_shard(str(bad))
 
 
 def test_tokenizers_offline():
