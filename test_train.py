@@ -199,6 +199,38 @@ def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
     assert ckpt.read_bytes() == poisoned != before
 
 
+def test_short_training_shard_is_a_usage_error(tmp_path):
+    """A training shard too short for one step: the usual one-line error and exit 2, and no out_dir left
+    behind, so the same command works once the data is fixed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    T.write_shard(str(data / "x_val_000000.bin"), np.arange(1000) % 256)
+    T.write_shard(str(data / "x_train_000001.bin"), np.arange(100) % 256)  # one step needs 4 * 32 + 1 = 129
+    r = run_cli(f"--data={data}", f"--out_dir={tmp_path}/o", "--batch_size=4", "--seq_len=32", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "x_train_000001.bin holds 100 tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_before_the_first_step_leaves_out_dir_as_found(tmp_path, data_dir, monkeypatch):
+    real_lr_mult = T.lr_mult
+
+    def fail_at_first_step(*a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(T, "lr_mult", fail_at_first_step)
+    with pytest.raises(RuntimeError, match="boom"):  # a new run: out_dir did not exist and does not now
+        T.train(small(tmp_path, data_dir))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(T, "lr_mult", real_lr_mult)
+    T.train(small(tmp_path, data_dir, stop_after=5))  # so the same command still starts a run
+    before = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
+    monkeypatch.setattr(T, "lr_mult", fail_at_first_step)
+    with pytest.raises(RuntimeError, match="boom"):  # a resume: its metrics lines are taken back, the rest kept
+        T.train(small(tmp_path, data_dir, resume=True))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
+
+
 def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",

@@ -249,6 +249,17 @@ RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
 
 
+def forget_run(out_dir, metrics_path, metrics_size, made_dir):
+    """Undo what a run that failed before its first step wrote: its metrics lines, and out_dir if it made it.
+    No checkpoint exists yet, and another run's files are never touched."""
+    if metrics_size is None:
+        os.remove(metrics_path)
+    else:
+        os.truncate(metrics_path, metrics_size)  # a resume appends: cut back to what was there
+    if made_dir and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+
+
 def peak_flops(device):
     if device.type != "cuda":
         return None
@@ -289,7 +300,8 @@ def train(cfg):
     accum = total // per_step  # gradient accumulation steps
     try:
         train_loader = Loader(train_files, B, T, rank, world)
-        Loader(val_files, B, T, rank, world).next_batch()  # fail now, not at the first evaluation
+        for files in (train_files, val_files):  # fail now, not at the first step or evaluation
+            Loader(files, B, T, rank, world).next_batch()
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -330,7 +342,9 @@ def train(cfg):
     flops_peak = peak_flops(device)
 
     mlog = None
-    if master:
+    if master:  # what this invocation adds to out_dir, so that a failure before the first step can take it back
+        made_dir = not os.path.isdir(out_dir)
+        metrics_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else None
         os.makedirs(out_dir, exist_ok=True)
         mlog = open(metrics_path, "a" if cfg.resume else "w")
         versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
@@ -420,6 +434,11 @@ def train(cfg):
                 mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
                 print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
                        f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
+    except BaseException:
+        if mlog and step == start:  # failed before its first step: leave out_dir as we found it
+            mlog.close()
+            forget_run(out_dir, metrics_path, metrics_size, made_dir)
+        raise
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
