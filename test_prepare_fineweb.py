@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import prepare_fineweb as pf
+from conftest import run, started
 from prepare_fineweb import get_tokenizer, read_meta, read_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,8 +93,7 @@ def prepare(out_dir, inputs, *extra, tokenizer=TOK, shard_size=1000):
 
 
 def run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=HERE, env={**os.environ, **(env or {})})
+    return run([sys.executable, SCRIPT, *args], timeout, cwd=HERE, env={**os.environ, **(env or {})})
 
 
 def shard_names(out_dir):  # in shard order: val_000000, train_000001, ...
@@ -229,7 +229,7 @@ def test_stands_alone_without_torch(tmp_path, corpus):
                 assert e.code == 0, e.code
         print(sorted(m for m in ("torch", "train", "model", "llr", "lanton") if m in sys.modules))
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=HERE)
+    r = run([sys.executable, "-c", code], 120, cwd=HERE)
     assert r.returncode == 0 and "--shard_size" in r.stdout, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
     assert len(all_tokens(tmp_path / "out")) > 0
@@ -309,13 +309,13 @@ def test_ctrl_c_then_resume(tmp_path):
     args = ["--input", *inputs, "--tokenizer", "bytes", "--shard_size", "20000", "--workers", "2"]
     pf.main([*args, "--out_dir", str(tmp_path / "full")])
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args, "--out_dir", str(out)], cwd=HERE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "fineweb_train_000002.bin").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    with started([sys.executable, SCRIPT, *args, "--out_dir", str(out)], cwd=HERE,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.time() + 60
+        while not (out / "fineweb_train_000002.bin").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before ctrl-c arrived")
     assert proc.returncode == 130 and "Traceback" not in err, err

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import train as T
+from conftest import run, started, wait_for_line
 from model import LLaMA, ModelConfig, PRESETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,8 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run_cli(*args, timeout=300, **kw):
     """python train.py ... as a user runs it; returns the finished process."""
-    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=kw.pop("cwd", HERE), **kw)
+    return run([sys.executable, os.path.join(HERE, "train.py"), *args], timeout, cwd=kw.pop("cwd", HERE), **kw)
 
 
 @pytest.fixture(scope="session")
@@ -233,14 +233,12 @@ def test_failure_before_the_first_step_leaves_out_dir_as_found(tmp_path, data_di
 
 def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",
-                          "--max_steps=100000", "--batch_size=4", "--seq_len=32", "--eval_interval=0", "--log_interval=1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # wait until it is training
-        if line.startswith("step 3/"):
-            break
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(timeout=60)
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",
+           "--max_steps=100000", "--batch_size=4", "--seq_len=32", "--eval_interval=0", "--log_interval=1"]
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        wait_for_line(p, "step 3/", timeout=120)  # training, and past a few steps
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=60)
     assert rc == 128 + signal.SIGTERM
     step = torch.load(out / "ckpt.pt", weights_only=False)["step"]
     assert 3 <= step < 100000
@@ -287,14 +285,13 @@ def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
     script = ddp_worker_script(tmp_path)
     common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                        *common, f"--out_dir={tmp_path}/two"], capture_output=True, text=True, timeout=300, env=env)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             *common, f"--out_dir={tmp_path}/two"], 240, env=env)  # killed with its ranks if it hangs
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = torch.load(tmp_path / "weights0.pt"), torch.load(tmp_path / "weights1.pt")
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    r = subprocess.run([sys.executable, str(script), *common, "--total_batch_tokens=256", f"--out_dir={tmp_path}/one"],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = run([sys.executable, str(script), *common, "--total_batch_tokens=256", f"--out_dir={tmp_path}/one"], 240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "metrics.jsonl") if '"loss"' in l]
     np.testing.assert_allclose(loss("two"), loss("one"), rtol=1e-4)
