@@ -1,5 +1,6 @@
 """
-Tokenize FineWeb into llm.c token shards for train.py, streamed from the Hugging Face Hub.
+Tokenize FineWeb into llm.c token shards for train.py, streamed from the Hugging Face Hub. Stands alone:
+numpy and tiktoken, no torch. train.py takes the shard format and the tokenizers from here.
 
     python prepare_fineweb.py                        # sample-10BT -> data/fineweb10B/, 10^8 tokens a shard
     python prepare_fineweb.py --max_tokens=1.8e9     # just enough for the 60M preset (1.68B train tokens)
@@ -16,6 +17,7 @@ import gzip
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,12 +27,107 @@ from contextlib import closing
 from itertools import islice
 
 import numpy as np
-import pyarrow.parquet as pq
+import tiktoken
 from tqdm import tqdm
 
-from train import get_tokenizer, list_shards, read_meta, read_shard, write_meta, write_shard
-
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = "<|endoftext|>"
 DOCS_PER_TASK = 64  # documents per worker task: tens of thousands of tokens, enough to amortize the pickling
+
+# ---- the shard format (llm.c's) and the tokenizers ----
+
+
+def get_tokenizer(name):
+    """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
+    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
+        ranks = {bytes([i]): i for i in range(256)}
+        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
+    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
+        from tiktoken.load import load_tiktoken_bpe
+        ranks = load_tiktoken_bpe(name)
+        stem = os.path.basename(name)[: -len(".tiktoken")]
+        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+    return tiktoken.get_encoding(name)
+
+
+def write_shard(path, tokens):
+    """llm.c format: 256 int32 header (magic, version, count), then uint16 tokens. Atomic: temp + rename."""
+    tokens = np.asarray(tokens)
+    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), "tokens must fit in uint16"
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    with open(path + ".tmp", "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.uint16).tobytes())
+    os.replace(path + ".tmp", path)
+
+
+def read_shard(path):
+    """Memory-map a shard's tokens, checking its header against its size."""
+    size = os.path.getsize(path)
+    if size < 4 * HEADER_INTS:
+        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {4 * HEADER_INTS} bytes)")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != SHARD_MAGIC:
+        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
+    if header[1] != SHARD_VERSION:
+        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
+    n = int(header[2])
+    if size != 4 * HEADER_INTS + 2 * n:
+        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
+
+
+def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the old file or the new
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
+
+
+def meta_of(enc):
+    return {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+
+
+def write_meta(data_dir, enc):
+    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
+    write_json(os.path.join(data_dir, "meta.json"), meta_of(enc))
+
+
+def read_meta(data_dir):
+    """The tokenizer record beside the shards; plain llm.c shards without one are GPT-2."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
+    with open(path) as f:
+        return json.load(f)
+
+
+def list_shards(data_dir, split):
+    """Shards of a split, e.g. fineweb_val_000000.bin / fineweb_train_000001.bin, in order."""
+    return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
+
+
+def build_byte_corpus(data_dir, name, docs, val_every):
+    """Documents (an iterable of str) as byte tokens in data_dir, every val_every-th one validation.
+    Built aside, then renamed: a concurrent or interrupted build never leaves half a corpus."""
+    if list_shards(data_dir, "train"):
+        return
+    enc = get_tokenizer("bytes")
+    split = {"val": [], "train": []}
+    for i, doc in enumerate(docs):
+        split["val" if i % val_every == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent)
+    write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
+    write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
+    write_meta(tmp, enc)
+    os.chmod(tmp, 0o755)
+    try:
+        os.rename(tmp, data_dir)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp)
 
 
 class Fail(Exception):
@@ -68,6 +165,7 @@ def hub_docs(args, where):
 
 def read_file(path):
     if path.endswith(".parquet"):  # how FineWeb ships; read just the text column, a batch at a time
+        import pyarrow.parquet as pq  # here, not at the top: only parquet input needs it
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"]):
             yield from batch.column(0).to_pylist()
     elif path.endswith((".jsonl", ".jsonl.gz")):
@@ -92,6 +190,8 @@ def local_docs(paths, where):
 
 
 def check_inputs(paths):  # fail before any work, not an hour in
+    if any(p.endswith(".parquet") for p in paths):
+        import pyarrow.parquet as pq
     for p in paths:
         if not os.path.isfile(p):
             raise Fail(f"input file not found: {p}")
@@ -128,17 +228,25 @@ def tokenize(job):  # in a worker: end-of-text before each document, all in one 
     return state, np.concatenate(docs).astype(np.uint16), np.array([len(d) + 1 for d in docs[1::2]])
 
 
-def tokenized(docs, where, pool, workers):
+def tokenized(docs, where, enc, workers):
     """(state, tokens, document lengths) for each chunk of documents, in order. Pool.imap would pull the
     whole stream into memory as fast as it can read it, so we keep a bounded window of tasks in flight."""
+    pool = mp.Pool(workers, init_worker, (enc,))
     pending, state = deque(), where[0]
-    while texts := list(islice(docs, DOCS_PER_TASK)):
-        pending.append(pool.apply_async(tokenize, ((state, texts),)))
-        state = where[0]  # where the next chunk starts
-        if len(pending) > 2 * workers:
+    try:
+        while texts := list(islice(docs, DOCS_PER_TASK)):
+            pending.append(pool.apply_async(tokenize, ((state, texts),)))
+            state = where[0]  # where the next chunk starts
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
             yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    finally:
+        # however we leave (done, a shard limit, an error), the few tasks in flight finish and the workers
+        # exit on their own. terminate() would kill a worker halfway through sending its result, holding
+        # the result queue's lock, and the pool would wait for that lock forever
+        pool.close()
+        pool.join()
 
 
 # ---- shards, progress and resume ----
@@ -159,19 +267,12 @@ def remove_tmp(out_dir):  # what an interrupted write leaves behind, never under
         os.remove(tmp)
 
 
-def save_progress(out_dir, progress):  # temp + rename, like the shards: a crash leaves the old file or the new
-    with open(os.path.join(out_dir, "progress.json.tmp"), "w") as f:
-        json.dump(progress, f)
-    os.replace(os.path.join(out_dir, "progress.json.tmp"), os.path.join(out_dir, "progress.json"))
-
-
 def prepare(args, enc, out_dir):
     """Stream, tokenize and shard; returns the number of tokens this run wrote."""
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
-    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
     has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
-    if (has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train")) and read_meta(out_dir) != meta:
+    if (has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train")) and read_meta(out_dir) != meta_of(enc):
         theirs = read_meta(out_dir)["tokenizer"]
         raise Fail(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
@@ -204,8 +305,8 @@ def prepare(args, enc, out_dir):
     skip, drop = starts[k]["skip"], starts[k]["offset"]
     buf, fill, total, ndocs, first = np.empty(S, dtype=np.uint16), 0, k * S, 0, k * S
     bar = tqdm(total=limit if limit < float("inf") else None, initial=total, unit="tok", unit_scale=True, desc="tokens")
-    with bar, closing(docs), mp.Pool(args.workers, init_worker, (enc,)) as pool:
-        for state, toks, lens in tokenized(docs, where, pool, args.workers):
+    with bar, closing(docs), closing(tokenized(docs, where, enc, args.workers)) as chunks:
+        for state, toks, lens in chunks:
             ends, before = np.cumsum(lens), total
             i, skip, drop = (int(ends[skip - 1]) if skip else 0) + drop, 0, 0
             while i < len(toks) and total < limit:
@@ -216,7 +317,7 @@ def prepare(args, enc, out_dir):
                     write_shard(shard_path(out_dir, k), buf)
                     d = int(np.searchsorted(ends, i, side="right"))
                     starts.append({"state": state, "skip": d, "offset": i - int(ends[d - 1] if d else 0)})
-                    save_progress(out_dir, progress)
+                    write_json(progress_path, progress)
                     k, fill = k + 1, 0
             ndocs += len(lens)
             bar.set_postfix(docs=ndocs, refresh=False)

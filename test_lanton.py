@@ -10,33 +10,24 @@ import pickle
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import lanton
 import llr
+from conftest import run_ddp, with_spectrum
 from lanton import LANTON, LANTONConfig
 from llr import nuclear_norm
 
 # ---- the nuclear norm ----
 
 
-def with_spectrum(rows, cols, s, seed=0):
-    """A (rows, cols) matrix with the given singular values (the rest zero)."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.linalg.qr(torch.randn(rows, len(s), generator=g, dtype=torch.float64))[0]
-    v = torch.linalg.qr(torch.randn(cols, len(s), generator=g, dtype=torch.float64))[0]
-    return u @ torch.diag(torch.as_tensor(s, dtype=torch.float64)) @ v.T
-
-
 def test_nuclear_norm_matches_float64_svdvals():
-    g = torch.Generator().manual_seed(0)
+    g, f64 = torch.Generator().manual_seed(0), torch.float64
     cases = [torch.randn(8, 8, generator=g), torch.randn(5, 12, generator=g), torch.randn(40, 7, generator=g),
              torch.randn(3, 16, 24, generator=g),  # a batch of same-shape matrices
-             with_spectrum(64, 48, [3.0, 1.0]),  # rank 2: 46 zero singular values must stay near zero
-             with_spectrum(256, 128, [1.0, 0.5, 0.1, 0.01]).float(),  # low rank, like a small-batch gradient
-             with_spectrum(48, 64, torch.logspace(0, -6, 48)),  # ill-conditioned, full rank
+             with_spectrum(64, 48, [3.0, 1.0], dtype=f64),  # rank 2: 46 zero singular values must stay near zero
+             with_spectrum(256, 128, [1.0, 0.5, 0.1, 0.01]),  # low rank, like a small-batch gradient
+             with_spectrum(48, 64, torch.logspace(0, -6, 48), dtype=f64),  # ill-conditioned, full rank
              torch.randn(30, 20, generator=g).bfloat16().float() * 1e-6]  # tiny scale, from float32
     worst = 0.0
     for x in cases:
@@ -258,8 +249,7 @@ def test_load_rejects_unknown_layers():
 # ---- DDP ----
 
 
-def _ddp_worker(rank, world, store, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+def _ddp_worker(rank, world, out_dir):
     decomposed = []
     nuc = lanton.nuclear_norm
     lanton.nuclear_norm = lambda x: (decomposed.append(x.shape[0]), nuc(x))[1]
@@ -275,11 +265,10 @@ def _ddp_worker(rank, world, store, out_dir):
     result["decomposed"] = sum(decomposed)
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(result, f)
-    dist.destroy_process_group()
 
 
 def test_ddp_ranks_agree(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    run_ddp(_ddp_worker, str(tmp_path))
     r0, r1 = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     assert r0["same"] == r1["same"] and r0["differ"] == r1["differ"]  # bitwise identical on both ranks
     assert r0["decomposed"] + r1["decomposed"] == 2 * 3 * 3  # 3 matrices, 3 refreshes, 2 runs: each once

@@ -12,25 +12,16 @@ import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import llr
+from conftest import run_ddp, with_spectrum
 from lanton import LANTON
 from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, layer_table, orthogonalize, param_groups
 
 
 def randn(*shape, seed=0, std=1.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * std
-
-
-def with_spectrum(rows, cols, s, seed=0):
-    """A float32 matrix U diag(s) V^T with the given singular values."""
-    k = len(s)
-    u, _ = torch.linalg.qr(randn(rows, k, seed=seed).double())
-    v, _ = torch.linalg.qr(randn(cols, k, seed=seed + 1).double())
-    return ((u * torch.as_tensor(s, dtype=torch.float64)) @ v.T).float()
 
 
 def ref_alpha(w):
@@ -462,21 +453,17 @@ def ddp_run():
     return infos, ctrl
 
 
-def _ddp_worker(rank, world, store, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+def _ddp_worker(rank, world, out_dir):
     seen = []
     eig = llr._gram_eigs
     llr._gram_eigs = lambda w: (seen.append(w.shape[0]), eig(w))[1]
     infos, ctrl = ddp_run()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump({"infos": infos, "scales": [g["lr_scale"] for g in llr._groups(ctrl.optimizers)], "decomposed": sum(seen)}, f)
-    dist.barrier()
-    dist.destroy_process_group()
-    os._exit(0)  # skip interpreter finalisation, where gloo's threads occasionally abort (pytorch#179291)
 
 
 def test_ddp_ranks_agree_with_single_process(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    run_ddp(_ddp_worker, str(tmp_path))
     r0, r1 = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     assert r0["infos"] == r1["infos"] and r0["scales"] == r1["scales"]  # bitwise identical
     assert r0["decomposed"] + r1["decomposed"] == 3 * 8  # 8 matrices, 3 recomputes, each done once

@@ -6,12 +6,14 @@ Tests for prepare_fineweb.py: CPU only, no network, a few seconds each.
 
 import gzip
 import json
+import multiprocessing
 import os
 import pathlib
 import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -20,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import prepare_fineweb as pf
-from train import get_tokenizer, read_meta, read_shard
+from conftest import run, started
+from prepare_fineweb import get_tokenizer, read_meta, read_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "prepare_fineweb.py")
@@ -90,8 +93,7 @@ def prepare(out_dir, inputs, *extra, tokenizer=TOK, shard_size=1000):
 
 
 def run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=HERE, env={**os.environ, **(env or {})})
+    return run([sys.executable, SCRIPT, *args], timeout, cwd=HERE, env={**os.environ, **(env or {})})
 
 
 def shard_names(out_dir):  # in shard order: val_000000, train_000001, ...
@@ -106,7 +108,45 @@ def all_tokens(out_dir):
     return np.concatenate([np.asarray(read_shard(os.path.join(out_dir, f))) for f in shard_names(out_dir)])
 
 
-# ---- shard format and content ----
+# ---- shard format, tokenizers and content ----
+
+def test_shard_round_trip_and_bad_headers(tmp_path):
+    path = str(tmp_path / "x_train_000001.bin")
+    tokens = np.random.default_rng(0).integers(0, 50257, 1000)
+    pf.write_shard(path, tokens)
+    assert os.path.getsize(path) == 256 * 4 + 2 * 1000
+    np.testing.assert_array_equal(read_shard(path), tokens)
+    raw = bytearray(open(path, "rb").read())
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="too small"):
+        read_shard(str(bad))
+    bad.write_bytes(b"\x01\x02\x03\x04" + raw[4:])
+    with pytest.raises(ValueError, match="magic"):
+        read_shard(str(bad))
+    bad.write_bytes(raw[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_shard(str(bad))
+    bad.write_bytes(raw + b"\x00\x00")  # one token more than the header says: not silently read as 1000
+    with pytest.raises(ValueError, match="header says 1000 tokens"):
+        read_shard(str(bad))
+    version2 = np.frombuffer(raw[:1024], dtype=np.int32).copy()
+    version2[1] = 2  # a format we do not know, even though magic and size fit
+    bad.write_bytes(version2.tobytes() + raw[1024:])
+    with pytest.raises(ValueError, match="version 2"):
+        read_shard(str(bad))
+
+
+def test_tokenizers_offline():
+    enc = get_tokenizer("bytes")
+    assert enc.n_vocab == 257 and enc.eot_token == 256
+    assert enc.decode(enc.encode_ordinary("héllo wörld")) == "héllo wörld"
+    if GPT2 is None:
+        pytest.skip("GPT-2 ranks file not found beside the repo")
+    gpt2 = get_tokenizer(GPT2)
+    assert (gpt2.name, gpt2.n_vocab, gpt2.eot_token) == ("gpt2", 50257, 50256)
+    assert gpt2.encode_ordinary("hello world") == [31373, 995]
+
 
 @pytest.mark.parametrize("tokenizer", TOKENIZERS)
 def test_shards_hold_the_documents_in_order(tmp_path, corpus, tokenizer):
@@ -162,6 +202,37 @@ def test_max_tokens_and_shards_stop_early(tmp_path, corpus):
     assert [len(read_shard(tmp_path / "a" / f)) for f in shard_names(tmp_path / "a")] == [1000, 1000, 500]
     prepare(tmp_path / "b", inputs, "--shards", "2")
     assert [len(read_shard(tmp_path / "b" / f)) for f in shard_names(tmp_path / "b")] == [1000, 1000]
+
+
+def test_early_stop_lets_the_workers_finish(tmp_path, corpus, monkeypatch):
+    """--shards ends the stream with tasks still in flight. The pool must be closed, not terminated: a worker
+    killed halfway through sending its result holds the result queue's lock, and the pool then waits for
+    that lock forever (a CI run hung here, with two defunct workers)."""
+    killed, real_terminate = [], multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate",
+                        lambda self: (killed.append(self.pid), real_terminate(self)))
+    for extra in (["--shards", "2"], ["--max_tokens", "2500"]):
+        assert prepare(tmp_path / extra[0], corpus[1], *extra) == 0
+    assert killed == []
+    assert multiprocessing.active_children() == []  # every worker has exited and been joined
+
+
+def test_stands_alone_without_torch(tmp_path, corpus):
+    """--help and a run on local files import numpy and tiktoken, never torch or the training code."""
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        for argv in (["--help"], ["--input", *{corpus[1]!r}, "--tokenizer=bytes", "--out_dir={tmp_path / 'out'}"]):
+            sys.argv = [{SCRIPT!r}, *argv]
+            try:
+                runpy.run_path({SCRIPT!r}, run_name="__main__")
+            except SystemExit as e:
+                assert e.code == 0, e.code
+        print(sorted(m for m in ("torch", "train", "model", "llr", "lanton") if m in sys.modules))
+    """)
+    r = run([sys.executable, "-c", code], 120, cwd=HERE)
+    assert r.returncode == 0 and "--shard_size" in r.stdout, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert len(all_tokens(tmp_path / "out")) > 0
 
 
 def test_default_out_dirs():
@@ -238,13 +309,13 @@ def test_ctrl_c_then_resume(tmp_path):
     args = ["--input", *inputs, "--tokenizer", "bytes", "--shard_size", "20000", "--workers", "2"]
     pf.main([*args, "--out_dir", str(tmp_path / "full")])
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args, "--out_dir", str(out)], cwd=HERE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "fineweb_train_000002.bin").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    with started([sys.executable, SCRIPT, *args, "--out_dir", str(out)], cwd=HERE,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.time() + 60
+        while not (out / "fineweb_train_000002.bin").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before ctrl-c arrived")
     assert proc.returncode == 130 and "Traceback" not in err, err

@@ -19,6 +19,7 @@ import torch
 
 import llr
 import train as T
+from conftest import run, started, wait_for_line
 from model import LLaMA, ModelConfig, PRESETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,8 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run_cli(*args, timeout=300, **kw):
     """python train.py ... as a user runs it; returns the finished process."""
-    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=kw.pop("cwd", HERE), **kw)
+    return run([sys.executable, os.path.join(HERE, "train.py"), *args], timeout, cwd=kw.pop("cwd", HERE), **kw)
 
 
 @pytest.fixture(scope="session")
@@ -161,37 +161,6 @@ def test_sampling_uses_its_generator_and_top_k():
 # ---- data ----
 
 
-def test_shard_round_trip_and_bad_headers(tmp_path):
-    path = str(tmp_path / "x_train_000001.bin")
-    tokens = np.random.default_rng(0).integers(0, 50257, 1000)
-    T.write_shard(path, tokens)
-    assert os.path.getsize(path) == 256 * 4 + 2 * 1000
-    np.testing.assert_array_equal(T.read_shard(path), tokens)
-    raw = bytearray(open(path, "rb").read())
-    bad = tmp_path / "bad.bin"
-    bad.write_bytes(b"\x00" * 10)
-    with pytest.raises(ValueError, match="too small"):
-        T.read_shard(str(bad))
-    bad.write_bytes(b"\x01\x02\x03\x04" + raw[4:])
-    with pytest.raises(ValueError, match="magic"):
-        T.read_shard(str(bad))
-    bad.write_bytes(raw[:-2])
-    with pytest.raises(ValueError, match="truncated"):
-        T.read_shard(str(bad))
-
-
-def test_tokenizers_offline():
-    enc = T.get_tokenizer("bytes")
-    assert enc.n_vocab == 257 and enc.eot_token == 256
-    assert enc.decode(enc.encode_ordinary("héllo wörld")) == "héllo wörld"
-    ranks = os.path.join(HERE, "..", "shared", "data", "gpt2.tiktoken")
-    if not os.path.exists(ranks):
-        pytest.skip("GPT-2 ranks file not found beside the repo")
-    gpt2 = T.get_tokenizer(ranks)
-    assert (gpt2.name, gpt2.n_vocab, gpt2.eot_token) == ("gpt2", 50257, 50256)
-    assert gpt2.encode_ordinary("hello world") == [31373, 995]
-
-
 def test_embedded_corpus(data_dir):
     assert T.read_meta(data_dir)["tokenizer"] == "bytes"
     val, train = T.read_shard(T.list_shards(data_dir, "val")[0]), T.read_shard(T.list_shards(data_dir, "train")[0])
@@ -292,16 +261,46 @@ def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
     assert ckpt.read_bytes() == poisoned != before
 
 
+def test_short_training_shard_is_a_usage_error(tmp_path):
+    """A training shard too short for one step: the usual one-line error and exit 2, and no out_dir left
+    behind, so the same command works once the data is fixed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    T.write_shard(str(data / "x_val_000000.bin"), np.arange(1000) % 256)
+    T.write_shard(str(data / "x_train_000001.bin"), np.arange(100) % 256)  # one step needs 4 * 32 + 1 = 129
+    r = run_cli(f"--data={data}", f"--out_dir={tmp_path}/o", "--batch_size=4", "--seq_len=32", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "x_train_000001.bin holds 100 tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_before_the_first_step_leaves_out_dir_as_found(tmp_path, data_dir, monkeypatch):
+    real_lr_mult = T.lr_mult
+
+    def fail_at_first_step(*a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(T, "lr_mult", fail_at_first_step)
+    with pytest.raises(RuntimeError, match="boom"):  # a new run: out_dir did not exist and does not now
+        T.train(small(tmp_path, data_dir))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(T, "lr_mult", real_lr_mult)
+    T.train(small(tmp_path, data_dir, stop_after=5))  # so the same command still starts a run
+    before = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
+    monkeypatch.setattr(T, "lr_mult", fail_at_first_step)
+    with pytest.raises(RuntimeError, match="boom"):  # a resume: its metrics lines are taken back, the rest kept
+        T.train(small(tmp_path, data_dir, resume=True))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
+
+
 def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",
-                          "--max_steps=100000", "--batch_size=4", "--seq_len=32", "--eval_interval=0", "--log_interval=1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # wait until it is training
-        if line.startswith("step 3/"):
-            break
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(timeout=60)
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), f"--data={data_dir}", f"--out_dir={out}",
+           "--max_steps=100000", "--batch_size=4", "--seq_len=32", "--eval_interval=0", "--log_interval=1"]
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        wait_for_line(p, "step 3/", timeout=120)  # training, and past a few steps
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=60)
     assert rc == 128 + signal.SIGTERM
     step = torch.load(out / "ckpt.pt")["step"]
     assert 3 <= step < 100000
@@ -366,14 +365,13 @@ def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
     script = ddp_worker_script(tmp_path)
     common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                        *common, f"--out_dir={tmp_path}/two"], capture_output=True, text=True, timeout=300, env=env)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             *common, f"--out_dir={tmp_path}/two"], 240, env=env)  # killed with its ranks if it hangs
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = torch.load(tmp_path / "weights0.pt"), torch.load(tmp_path / "weights1.pt")
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    r = subprocess.run([sys.executable, str(script), *common, "--total_batch_tokens=256", f"--out_dir={tmp_path}/one"],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = run([sys.executable, str(script), *common, "--total_batch_tokens=256", f"--out_dir={tmp_path}/one"], 240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "metrics.jsonl") if '"loss"' in l]
     np.testing.assert_allclose(loss("two"), loss("one"), rtol=1e-4)
@@ -507,6 +505,7 @@ def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
         assert torch.equal(p, q), n
 
 
+@pytest.mark.deadline(1200)  # the whole benchmark in miniature: the one test that takes minutes
 def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
     """python bench.py all --quick, the smoke test of the benchmark; then the same command again trains nothing."""
     import bench

@@ -9,7 +9,6 @@ Train a LLaMA on CPU, one GPU, or many GPUs, with a uniform learning rate or wit
 
 import argparse
 import dataclasses
-import glob
 import inspect
 import json
 import math
@@ -33,101 +32,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
+# the shard format and the tokenizers, also importable from here (train.read_shard, train.get_tokenizer, ...)
+from prepare_fineweb import build_byte_corpus, get_tokenizer, list_shards, read_meta, read_shard, write_shard  # noqa: F401
 
-# ---- data: tokenizers and llm.c token shards ----
-
-SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
-GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = "<|endoftext|>"
-
-
-def get_tokenizer(name):
-    """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
-    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
-        ranks = {bytes([i]): i for i in range(256)}
-        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
-    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
-        from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(name)
-        stem = os.path.basename(name)[: -len(".tiktoken")]
-        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
-    return tiktoken.get_encoding(name)
-
-
-def write_shard(path, tokens):
-    """llm.c format: 256 int32 header (magic, version, count), then uint16 tokens. Atomic: temp + rename."""
-    tokens = np.asarray(tokens)
-    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), "tokens must fit in uint16"
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16).tobytes())
-    os.replace(tmp, path)
-
-
-def read_shard(path):
-    """Memory-map a shard's tokens, checking its header against its size."""
-    size = os.path.getsize(path)
-    if size < 4 * HEADER_INTS:
-        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {4 * HEADER_INTS} bytes)")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
-    if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
-    n = int(header[2])
-    if size != 4 * HEADER_INTS + 2 * n:
-        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
-
-
-def write_meta(data_dir, enc):
-    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
-    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
-    tmp = os.path.join(data_dir, "meta.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, os.path.join(data_dir, "meta.json"))
-
-
-def read_meta(data_dir):
-    """The tokenizer record beside the shards; plain llm.c shards without one are GPT-2."""
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
-    with open(path) as f:
-        return json.load(f)
-
-
-def list_shards(data_dir, split):
-    """Shards of a split, e.g. fineweb_val_000000.bin / fineweb_train_000001.bin, in order."""
-    return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-
-
-def build_byte_corpus(data_dir, name, docs, val_every):
-    """Documents (an iterable of str) as byte tokens in data_dir, every val_every-th one validation.
-    Built aside, then renamed: a concurrent or interrupted build never leaves half a corpus."""
-    if list_shards(data_dir, "train"):
-        return
-    import shutil
-    import tempfile
-    enc = get_tokenizer("bytes")
-    split = {"val": [], "train": []}
-    for i, doc in enumerate(docs):
-        split["val" if i % val_every == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
-    parent = os.path.dirname(os.path.abspath(data_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent)
-    write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
-    write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    write_meta(tmp, enc)
-    os.chmod(tmp, 0o755)
-    try:
-        os.rename(tmp, data_dir)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp)
+# ---- data: the embedded corpus and the loader (the shard format and tokenizers are prepare_fineweb.py's) ----
 
 
 def build_embedded_corpus(data_dir):
@@ -381,6 +289,17 @@ RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
 
 
+def forget_run(out_dir, metrics_path, metrics_size, made_dir):
+    """Undo what a run that failed before its first step wrote: its metrics lines, and out_dir if it made it.
+    No checkpoint exists yet, and another run's files are never touched."""
+    if metrics_size is None:
+        os.remove(metrics_path)
+    else:
+        os.truncate(metrics_path, metrics_size)  # a resume appends: cut back to what was there
+    if made_dir and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+
+
 def peak_flops(device):
     if device.type != "cuda":
         return None
@@ -438,7 +357,8 @@ def train(cfg):
     accum = total // per_step  # gradient accumulation steps
     try:
         train_loader = Loader(train_files, B, T, rank, world)
-        Loader(val_files, B, T, rank, world).next_batch()  # fail now, not at the first evaluation
+        for files in (train_files, val_files):  # fail now, not at the first step or evaluation
+            Loader(files, B, T, rank, world).next_batch()
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -483,7 +403,9 @@ def train(cfg):
     flops_peak = peak_flops(device)
 
     mlog = None
-    if master:
+    if master:  # what this invocation adds to out_dir, so that a failure before the first step can take it back
+        made_dir = not os.path.isdir(out_dir)
+        metrics_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else None
         os.makedirs(out_dir, exist_ok=True)
         mlog = open(metrics_path, "a" if cfg.resume else "w")
         versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
@@ -590,6 +512,11 @@ def train(cfg):
                 mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
                 print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
                        f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
+    except BaseException:
+        if mlog and step == start:  # failed before its first step: leave out_dir as we found it
+            mlog.close()
+            forget_run(out_dir, metrics_path, metrics_size, made_dir)
+        raise
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)

@@ -1,0 +1,164 @@
+"""
+What the test files share: a deadline for every test, child processes that die with their test, the one
+DDP harness, and test matrices with a known spectrum. pytest loads this file by itself.
+
+    python -m pytest -q
+"""
+
+import contextlib
+import datetime
+import faulthandler
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+DEADLINE = 600  # seconds any one test may run: far above what any takes here, far below a CI job's limit
+GROUPS = set()  # process groups of the children now running, for the deadline to kill
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "deadline(seconds): a longer deadline than the default for this test")
+
+
+# ---- deadlines: a test that hangs fails the run, it does not hold CI ----
+
+
+def kill_children():
+    for pgid in list(GROUPS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    for p in multiprocessing.active_children():  # pool workers and DDP ranks
+        p.kill()
+
+
+def expire(config, nodeid, seconds):
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture:  # the report must reach the real stderr, not pytest's capture of it, which dies with us
+        capture.suspend()
+    print(f"\n{nodeid} ran past its deadline of {seconds}s; its threads were at:", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(all_threads=True)
+    kill_children()
+    os._exit(1)  # the only way out of a thread stuck in a lock: end the run, with the stacks above as the report
+
+
+@pytest.fixture(autouse=True)
+def deadline(request):
+    marker = request.node.get_closest_marker("deadline")
+    seconds = marker.args[0] if marker else DEADLINE
+    timer = threading.Timer(seconds, expire, (request.config, request.node.nodeid, seconds))
+    timer.daemon = True
+    timer.start()
+    faulthandler.dump_traceback_later(seconds + 60, exit=True)  # in case the timer's thread never gets the GIL
+    yield
+    faulthandler.cancel_dump_traceback_later()
+    timer.cancel()
+
+
+# ---- child processes ----
+
+
+@contextlib.contextmanager
+def started(cmd, **kw):
+    """Popen in a process group of its own; the group (pool workers, torchrun's ranks) is killed when the
+    block ends, however it ends. subprocess.run's timeout kills only the child and leaves the rest running."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+    GROUPS.add(proc.pid)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        GROUPS.discard(proc.pid)
+
+
+def run(cmd, timeout, **kw):
+    """subprocess.run(capture_output=True, text=True) whose timeout fails the test and kills the group."""
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(map(str, cmd))[:200]} ran past {timeout}s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def wait_for_line(proc, prefix, timeout):
+    """Read proc's stdout until a line starts with prefix; fail at the deadline, not whenever it prints."""
+    lines = queue.Queue()
+
+    def read():  # in a thread, so that the wait below can give up
+        with contextlib.suppress(ValueError, OSError):  # the pipe closed under us
+            for line in proc.stdout:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, end - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no line starting with {prefix!r} within {timeout}s")
+        if line is None:
+            pytest.fail(f"the process exited (status {proc.wait()}) before printing a line starting with {prefix!r}")
+        if line.startswith(prefix):
+            return line
+
+
+# ---- the DDP harness: every 2-process gloo test runs through here ----
+
+
+def ddp_rank(worker, rank, world, store, timeout, args):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout))  # gloo's default would be 30 minutes
+    worker(rank, world, *args)
+    dist.barrier()  # nobody tears down while a peer still talks: gloo can abort the process then
+    dist.destroy_process_group()
+    os._exit(0)  # skip interpreter finalisation, where gloo's threads can still abort (SIGABRT)
+
+
+def run_ddp(worker, *args, world=2, timeout=120):
+    """worker(rank, world, *args) in `world` fresh processes joined by gloo. Fails the test if a rank fails
+    or the deadline passes, and kills the other ranks then (they would wait for it in a collective)."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of pytest's threads
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        procs = [ctx.Process(target=ddp_rank, args=(worker, r, world, store, timeout, args)) for r in range(world)]
+        for p in procs:
+            p.start()
+        end = time.monotonic() + timeout
+        try:
+            running = procs
+            while running and time.monotonic() < end and not any(p.exitcode for p in procs):
+                multiprocessing.connection.wait([p.sentinel for p in running], timeout=max(0.0, end - time.monotonic()))
+                running = [p for p in procs if p.exitcode is None]
+        finally:
+            for p in procs:
+                if p.exitcode is None:
+                    p.kill()
+                p.join()
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * world, (f"DDP ranks exited with {codes} (-N: signal N; ranks still running when one "
+                                  f"failed or at the {timeout}s deadline are killed with signal 9)")
+
+
+# ---- test matrices ----
+
+
+def with_spectrum(rows, cols, s, seed=0, dtype=None):
+    """A (rows, cols) matrix U diag(s) V^T with the given singular values (the rest zero), float32 by default."""
+    import torch
+    randn = lambda n, seed: torch.randn(n, len(s), generator=torch.Generator().manual_seed(seed)).double()
+    u, _ = torch.linalg.qr(randn(rows, seed))
+    v, _ = torch.linalg.qr(randn(cols, seed + 1))
+    return ((u * torch.as_tensor(s, dtype=torch.float64)) @ v.T).to(dtype or torch.float32)

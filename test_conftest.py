@@ -1,0 +1,55 @@
+"""
+Tests of conftest.py, the harness the other tests run in: deadlines, and the DDP runner.
+
+    python -m pytest -q test_conftest.py
+"""
+
+import multiprocessing
+import os
+import shutil
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import run, run_ddp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_a_hung_test_ends_the_run_at_its_deadline(tmp_path):
+    shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path)
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent("""
+        import time, pytest
+
+        @pytest.mark.deadline(3)
+        def test_hang():
+            time.sleep(600)
+    """))
+    t0 = time.monotonic()
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hang.py"], 120, cwd=tmp_path)
+    assert r.returncode == 1 and time.monotonic() - t0 < 60
+    assert "test_hang.py::test_hang ran past its deadline of 3s" in r.stderr
+    assert 'line 6 in test_hang' in r.stderr  # where it was stuck
+
+
+def _stuck_or_failing_rank(rank, world, how):
+    import torch.distributed as dist
+    if rank == 1:
+        if how == "hang":
+            time.sleep(600)
+        raise SystemExit(3)
+    dist.barrier()  # rank 0 waits for its peer here, as in a real collective
+
+
+@pytest.mark.parametrize("how", ["hang", "fail"])
+def test_ddp_harness_kills_ranks_at_a_failure_or_the_deadline(how):
+    """A failing rank ends the test at once (not when gloo gives up on its peer), a hung one at the
+    deadline, and no rank is left running."""
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match="DDP ranks exited with") as e:
+        run_ddp(_stuck_or_failing_rank, how, timeout=15 if how == "hang" else 120)
+    assert time.monotonic() - t0 < 60
+    assert ("-9]" if how == "hang" else "3]") in str(e.value)  # rank 1 killed at the deadline, or its own status
+    assert multiprocessing.active_children() == []
