@@ -162,3 +162,15 @@ def with_spectrum(rows, cols, s, seed=0, dtype=None):
     u, _ = torch.linalg.qr(randn(rows, seed))
     v, _ = torch.linalg.qr(randn(cols, seed + 1))
     return ((u * torch.as_tensor(s, dtype=torch.float64)) @ v.T).to(dtype or torch.float32)
+
+
+# ---- data ----
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Small byte-level shards made by the embedded corpus builder, in a temporary directory."""
+    import train
+    d = str(tmp_path_factory.mktemp("data") / "pydoc")
+    train.build_embedded_corpus(d)
+    return d

@@ -18,13 +18,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data") / "pydoc")
-    T.build_embedded_corpus(d)
-    return d
-
-
 def checkpoint(path, mc, seed=0):
     """A checkpoint as train.py writes it (the keys export reads), of a model with random weights."""
     torch.manual_seed(seed)

@@ -30,14 +30,6 @@ def run_cli(*args, timeout=300, **kw):
     return run([sys.executable, os.path.join(HERE, "train.py"), *args], timeout, cwd=kw.pop("cwd", HERE), **kw)
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """Small byte-level shards made from the embedded corpus builder, in a temporary directory."""
-    d = str(tmp_path_factory.mktemp("data") / "pydoc")
-    T.build_embedded_corpus(d)
-    return d
-
-
 def small(tmp_path, data_dir, **kw):
     """A config that trains in about a second on 2 cores."""
     base = dict(data=data_dir, out_dir=str(tmp_path / "out"), max_steps=20, batch_size=4, seq_len=32,
