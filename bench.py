@@ -20,6 +20,7 @@ import pathlib
 import platform
 import random
 import statistics
+import sys
 import sysconfig
 import time
 
@@ -425,7 +426,7 @@ def names(allowed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = T.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "cost", "speed", "all"])
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test (under two minutes)")
     p.add_argument("--studies", type=names(STUDY_NAMES), default=STUDY_NAMES, help=f"comparisons to report: {','.join(STUDY_NAMES)}")
@@ -433,7 +434,11 @@ def main(argv=None):
     p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per value of the sweep (the chosen value always gets --seeds)")
     p.add_argument("--steps", type=int, default=0, help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
     p.add_argument("--compile", type=int, default=1, choices=[0, 1], help="torch.compile the benchmark runs (not the demo's)")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except T.UsageError as e:  # one line and exit status 2, like every script here
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 16, 5
     args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "tiny"
     global RESULTS
