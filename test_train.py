@@ -382,7 +382,7 @@ def test_train_llr_end_to_end_cli(tmp_path, data_dir):
     assert "gate" in r.stdout and "mult" in r.stdout and "llr" in r.stdout.splitlines()[-1]
     records = [json.loads(l) for l in open(tmp_path / "o" / "metrics.jsonl")]
     llr_records = [x for x in records if x.get("method") == "llr"]
-    assert [x["step"] for x in llr_records] == [0, 3]  # window 0.2 * 30 = 6 steps
+    assert [x["step"] for x in llr_records] == [0, 3, 6]  # step <= 0.2 * 30: the boundary is in, as the paper's code
     m = llr_records[0]["multipliers"]
     assert m["embed_tokens.weight"] == m["lm_head.weight"] == 3.0 and min(m.values()) == 1.0
     assert set(llr_records[0]["alphas"]) >= {"layers.0.self_attn.q_proj.weight", "layers.4.mlp.down_proj.weight"}
