@@ -11,17 +11,14 @@ from the runs' metrics.jsonl. Needs matplotlib (an optional extra: pip install m
 functions take matplotlib axes and plain records, so other scripts can draw with them.
 """
 
-import argparse
 import json
 import math
 import os
 import sys
 
+from prepare_fineweb import Parser, UsageError  # the project's one-line errors (numpy and tiktoken, no torch)
+
 # ---- reading a run ----
-
-
-class UsageError(ValueError):
-    """A run directory or flag to fix: one line, exit status 2."""
 
 
 def load_run(run_dir):
@@ -140,13 +137,8 @@ def plot_runs(run_dirs, out):
 # ---- command line ----
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, like every other script here
-        raise UsageError(message)
-
-
 def main(argv=None):
-    p = Parser(description="Plot loss curves and per-matrix alpha heatmaps of train.py runs.")
+    p = Parser(prog="plot.py", description="Plot loss curves and per-matrix alpha heatmaps of train.py runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding metrics.jsonl (train.py's out_dir)")
     p.add_argument("--out", default="plot.png", metavar="FILE", help="figure file; .png, .pdf, .svg ...")
     try:

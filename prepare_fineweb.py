@@ -130,8 +130,9 @@ def build_byte_corpus(data_dir, name, docs, val_every):
         shutil.rmtree(tmp)
 
 
-class Fail(Exception):
-    """An error for the user: main() prints it on one line and exits with status 2."""
+class UsageError(ValueError):
+    """A problem the user fixes by changing a flag or a file. Every script of this project answers it the same
+    way: one line, "<script>: error: ...", and exit status 2. Parser (below) raises it for bad options."""
 
 
 def short(e):  # the first line of an exception's message
@@ -145,7 +146,7 @@ def short(e):  # the first line of an exception's message
 def hub_docs(args, where):
     import datasets  # here, not at the top: slow to import, and offline users never need it
     repo = "HuggingFaceFW/fineweb-edu" if args.edu else "HuggingFaceFW/fineweb"
-    fail = lambda e: Fail(f"could not stream {repo} ({args.name}): {short(e)}; offline? use --input with local files")
+    fail = lambda e: UsageError(f"could not stream {repo} ({args.name}): {short(e)}; offline? use --input with local files")
     try:  # connect now, so that no network or a bad --name fails before anything is written
         ds = datasets.load_dataset(repo, name=args.name, split="train", streaming=True).select_columns(["text"])
         if where[0] is not None:
@@ -174,7 +175,7 @@ def read_file(path):
                 try:
                     yield json.loads(line)["text"] if line.strip() else None
                 except (ValueError, KeyError, TypeError) as e:
-                    raise Fail(f"{path}:{n}: expected a JSON object with a 'text' field ({short(e)})")
+                    raise UsageError(f"{path}:{n}: expected a JSON object with a 'text' field ({short(e)})")
     else:  # .txt: the whole file is one document
         with open(path, encoding="utf-8") as f:
             yield f.read()
@@ -194,15 +195,15 @@ def check_inputs(paths):  # fail before any work, not an hour in
         import pyarrow.parquet as pq
     for p in paths:
         if not os.path.isfile(p):
-            raise Fail(f"input file not found: {p}")
+            raise UsageError(f"input file not found: {p}")
         if not p.endswith((".parquet", ".jsonl", ".jsonl.gz", ".txt")):
-            raise Fail(f"unknown file type: {p} (expected .parquet, .jsonl, .jsonl.gz or .txt)")
+            raise UsageError(f"unknown file type: {p} (expected .parquet, .jsonl, .jsonl.gz or .txt)")
         try:
             columns = pq.read_schema(p).names if p.endswith(".parquet") else ["text"]
         except Exception as e:
-            raise Fail(f"{p}: not a readable parquet file ({short(e)})")
+            raise UsageError(f"{p}: not a readable parquet file ({short(e)})")
         if "text" not in columns:
-            raise Fail(f"{p}: no 'text' column (it has: {', '.join(columns)})")
+            raise UsageError(f"{p}: no 'text' column (it has: {', '.join(columns)})")
 
 
 def open_docs(args, where):
@@ -274,7 +275,7 @@ def prepare(args, enc, out_dir):
     has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
     if (has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train")) and read_meta(out_dir) != meta_of(enc):
         theirs = read_meta(out_dir)["tokenizer"]
-        raise Fail(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; use another --out_dir")
+        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
         {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
     progress = {"source": source, "shard_size": S, "starts": [{"state": None, "skip": 0, "offset": 0}]}
@@ -282,7 +283,7 @@ def prepare(args, enc, out_dir):
         with open(progress_path) as f:
             old = json.load(f)
         if (old["source"], old["shard_size"]) != (source, S):
-            raise Fail(f"{out_dir} holds shards of another input or --shard_size (see its progress.json); "
+            raise UsageError(f"{out_dir} holds shards of another input or --shard_size (see its progress.json); "
                        "use another --out_dir")
         progress = old
 
@@ -353,17 +354,17 @@ def bench(args, enc):
 
 def load_tokenizer(name):
     if name.endswith(".tiktoken") and not os.path.isfile(name):
-        raise Fail(f"tokenizer file not found: {name}")
+        raise UsageError(f"tokenizer file not found: {name}")
     try:
         enc = get_tokenizer(name)
     except Exception as e:
         if name.endswith(".tiktoken"):
-            raise Fail(f"could not read tokenizer file {name}: {short(e)}")
+            raise UsageError(f"could not read tokenizer file {name}: {short(e)}")
         why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
-        raise Fail(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
+        raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
                    "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
     if enc.n_vocab > 2**16:
-        raise Fail(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: at most 65,536")
+        raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: at most 65,536")
     return enc
 
 
@@ -378,13 +379,14 @@ def count(s):  # a positive whole number: 1e8 and 100000000 both work
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, like every other error here
-        print(f"prepare_fineweb.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    """argparse whose errors are a UsageError (one line, exit status 2), for every script of this project."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see python {self.prog} --help")
 
 
 def parse_args(argv):
-    p = Parser(description="Tokenize FineWeb (or local files) into llm.c token shards.")
+    p = Parser(prog="prepare_fineweb.py", description="Tokenize FineWeb (or local files) into llm.c token shards.")
     p.add_argument("--name", default="sample-10BT", help="sample-10BT/100BT/350BT, or a dump like CC-MAIN-2024-10")
     p.add_argument("--edu", action="store_true", help="HuggingFaceFW/fineweb-edu instead of HuggingFaceFW/fineweb")
     p.add_argument("--input", nargs="+", metavar="PATH", help="local .parquet/.jsonl(.gz)/.txt files, not the Hub")
@@ -405,7 +407,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"prepare_fineweb.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         check_inputs(args.input or [])
         enc = load_tokenizer(args.tokenizer)
@@ -413,7 +419,7 @@ def main(argv=None):
             bench(args, enc)
         else:
             prepare(args, enc, args.out_dir)
-    except Fail as e:
+    except UsageError as e:
         print(f"prepare_fineweb.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,6 @@ the checkpoint's data was made with (bytes, GPT-2, ...); where it cannot be load
 internet), point --tokenizer at the ranks file the shards were made with.
 """
 
-import argparse
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import sys
 import torch
 
 from model import LLaMA, ModelConfig
-from train import UsageError, decode, get_tokenizer
+from train import Parser, UsageError, decode, get_tokenizer
 
 # ---- the run: model and tokenizer ----
 
@@ -82,13 +81,8 @@ def encode_start(enc, start):
 # ---- command line ----
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, like every other script here
-        raise UsageError(message)
-
-
 def parse_args(argv):
-    p = Parser(description="Sample text from a trained run (out_dir/ckpt.pt).")
+    p = Parser(prog="sample.py", description="Sample text from a trained run (out_dir/ckpt.pt).")
     p.add_argument("--out_dir", default="out/tiny-adamw", help="the run's directory, holding ckpt.pt")
     p.add_argument("--start", default="", help="text each sample begins with (after end-of-text); empty = a fresh document")
     p.add_argument("--num_samples", type=int, default=3, help="samples to draw")

@@ -33,7 +33,8 @@ from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
 # the shard format and the tokenizers, also importable from here (train.read_shard, train.get_tokenizer, ...)
-from prepare_fineweb import build_byte_corpus, get_tokenizer, list_shards, read_meta, read_shard, write_shard  # noqa: F401
+from prepare_fineweb import (Parser, UsageError, build_byte_corpus, get_tokenizer, list_shards, read_meta,  # noqa: F401
+                             read_shard, write_shard)
 
 # ---- data: the embedded corpus and the loader (the shard format and tokenizers are prepare_fineweb.py's) ----
 
@@ -76,8 +77,6 @@ class Loader:
 # ---- config and command line ----
 
 
-class UsageError(ValueError):
-    """A problem the user fixes by changing a flag or a file: one line, exit status 2."""
 
 
 @dataclass
@@ -123,11 +122,6 @@ class TrainConfig:
 NESTED = {"llr": "llr_config", "lanton": "lanton_config"}  # --llr_interval=40 sets cfg.llr_config.interval
 CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
            "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"), "preset": tuple(PRESETS)}
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # main() prints it as one line and exits with status 2
-        raise UsageError(f"{message}; see python {self.prog} --help")
 
 
 def field_docs(cls):
