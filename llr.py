@@ -85,7 +85,7 @@ def _gram_eigs(w, dtype=None):
     """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for non-finite W."""
     w = w.detach()
     finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    # float32 on CPU: alpha within ~1e-6 of float64 (tested); float64 on CUDA, where a float32 matmul may be TF32
+    # float32 on CPU (alpha stays within ~1e-6 of float64); float64 on CUDA, where a float32 matmul may be TF32
     w = w.masked_fill(~finite[..., None, None], 0).to(dtype or (torch.float64 if w.is_cuda else torch.float32))
     # the Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats svdvals
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)

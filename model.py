@@ -67,8 +67,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # x / sqrt(mean(x^2) + eps) * weight, in float32 even under bf16 autocast (the mean of squares is
-        # precision sensitive). F.rms_norm is one fused kernel: 10-17% faster training steps on CPU than
-        # the same formula in separate ops, and bitwise equal to it there (tested).
+        # precision sensitive). F.rms_norm does it in one fused kernel instead of four separate ops.
         return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
 
 

@@ -276,7 +276,7 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# settings that must match between a checkpoint and the run that resumes it
+# settings a resumed run may change; every other setting must match its checkpoint's
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir", "sample_tokens")
 
 
