@@ -203,7 +203,7 @@ def studies(args):
                grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
 
 
-STUDY_NAMES = ["demo", "tiny-adamw", "tiny-muon", "small-adamw", "tiny-adamw-official", "tiny-lanton", "tiny_gqa-adamw"]
+STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
 
 
 def quality(args):
