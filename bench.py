@@ -81,6 +81,12 @@ def sha(path_or_bytes):
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+# train.py's defaults as the fingerprint runs take them, pinned: a run's key holds its own resolved settings, so a
+# changed default (the demo's --lr) changes no recorded run and must not change the fingerprint either
+FP_SETTINGS = dict(preset="tiny", seed=1337, lr=3e-3, min_lr_ratio=0.1, warmup_steps=-1, beta1=0.9, beta2=0.95, weight_decay=0.1,
+                   grad_clip=1.0, muon_lr=0.02, muon_adjust_lr="original")
+
+
 def code_fingerprint():
     """Losses of a few short runs that go through every numeric path (model, AdamW, Muon, LLR with its ramps,
     LANTON), rounded to 5 digits so that another CPU's last-bit differences do not count. An edit that changes
@@ -94,7 +100,7 @@ def code_fingerprint():
                                 dict(optimizer="muon", lanton=True, llr=True, llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
                                      lanton_config=lanton.LANTONConfig(every=2))]):
             s = T.train(T.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8, batch_size=2, seq_len=32,
-                                      eval_interval=0, eval_steps=2, log_interval=10**9, sample_tokens=0, **kw))
+                                      eval_interval=0, eval_steps=2, log_interval=10**9, sample_tokens=0, **FP_SETTINGS, **kw))
             losses += [s["train_loss"], s["val_loss"]]
     return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
 

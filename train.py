@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,34 @@ class Loader:
         self.shard, self.pos = state["shard"], state["pos"]
         self.tokens = read_shard(self.files[self.shard])
 
+
+def open_data(cfg, rank, world):
+    """The run's shards (the embedded corpus, built once under data/, if --data is empty), checked up front so that
+    a bad directory or a too-short shard fails now, not at the first step or evaluation."""
+    data_dir = cfg.data or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pydoc")
+    if not cfg.data:
+        build_embedded_corpus(data_dir)
+    meta = read_meta(data_dir)
+    train_files, val_files = list_shards(data_dir, "train"), list_shards(data_dir, "val")
+    if not (train_files and val_files):
+        raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; make them with prepare_fineweb.py")
+    try:
+        for files in (train_files, val_files):
+            Loader(files, cfg.batch_size, cfg.seq_len, rank, world).next_batch()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return data_dir, meta, train_files, val_files
+
+
+def sample_tokenizer(meta):
+    """The data's tokenizer, to print samples with; None (and a note) if it cannot be loaded, e.g. GPT-2 shards
+    offline: training never needed the ranks file, so it goes on without samples."""
+    try:
+        return get_tokenizer(meta["tokenizer"])
+    except Exception as e:
+        print(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})", flush=True)
+        return None
+
 # ---- config and command line ----
 
 
@@ -91,7 +119,7 @@ class TrainConfig:
     # optimization
     max_steps: int = 600              # length of the schedule
     optimizer: str = "adamw"          # adamw | muon (hidden matrices on Muon, the rest on AdamW)
-    lr: float = 3e-3                  # AdamW peak learning rate
+    lr: float = 4e-3                  # AdamW peak learning rate (the CPU demo's tuned value: README, Results)
     min_lr_ratio: float = 0.1         # cosine decays to min_lr_ratio * lr
     warmup_steps: int = -1            # linear warmup; -1 = 10% of max_steps
     beta1: float = 0.9                # AdamW first-moment decay
@@ -212,6 +240,19 @@ def check_config(cfg):
         raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py or leave --data out")
 
 
+def resolve(cfg):
+    """The config as logged and checkpointed (warmup_steps and out_dir resolved), checked against out_dir's contents."""
+    check_config(cfg)
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else cfg.max_steps // 10
+    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr + "-lanton" * cfg.lanton)
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if cfg.resume and not os.path.exists(ckpt_path):
+        raise UsageError(f"--resume but {ckpt_path} does not exist; drop --resume to start a new run")
+    if not cfg.resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out_dir, "metrics.jsonl"))):
+        raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it, or another --out_dir")
+    return dataclasses.replace(cfg, out_dir=out_dir, warmup_steps=warmup)
+
+
 # ---- distributed, schedule, checkpoints ----
 
 
@@ -233,8 +274,9 @@ def compute_cleanup():
         dist.destroy_process_group()
 
 
-def lr_mult(step, cfg, warmup):
+def lr_mult(step, cfg):
     """Linear warmup to 1, then cosine to min_lr_ratio; every group's lr is peak * this * lr_scale."""
+    warmup = cfg.warmup_steps  # resolved: never -1 here
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, cfg.max_steps - warmup)
@@ -255,10 +297,35 @@ def build_optimizers(model, cfg, fused):
     return opts  # (optimizer, its peak lr)
 
 
-def save_checkpoint(path, state):
+def save_checkpoint(path, state, **info):
+    """state: {key: an object with state_dict(), or a list of them}; info: plain values (step, config, ...).
+    With load_checkpoint, the one place that knows a checkpoint's layout."""
+    ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict() for k, v in state.items()}
     tmp = path + ".tmp"
-    torch.save(state, tmp)
+    torch.save({**ckpt, "rng": rng_state(), **info}, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken ckpt.pt
+
+
+def load_checkpoint(path, state, cfg, meta, device):
+    """Restore every object of state (keyed as save_checkpoint saved them) and the RNGs; returns the step.
+    The run must go on with the same settings (RUN_ONLY aside) and shards of the same tokenizer."""
+    try:
+        ckpt = torch.load(path, map_location=device)
+    except pickle.UnpicklingError:
+        raise UsageError(f"{path} was written by an older train.py (numpy RNG state, loads only with weights_only=False); "
+                         f"finish it with that version, or start a new run in another --out_dir") from None
+    if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+        raise UsageError(f"--data holds {meta['tokenizer']} tokens but {path} was trained on {ckpt['meta']['tokenizer']} "
+                         f"tokens; point --data at shards of the same tokenizer")
+    diff = [f"--{k}={ckpt['config'].get(k)} (now {v})" for k, v in dataclasses.asdict(cfg).items()
+            if k not in RUN_ONLY and ckpt["config"].get(k) != v]
+    if diff:
+        raise UsageError(f"{path} was trained with other settings: {', '.join(diff)}; pass the same ones")
+    for key, obj in state.items():
+        for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
+            o.load_state_dict(saved)
+    set_rng_state(ckpt["rng"])
+    return ckpt["step"]
 
 
 def rng_state():
@@ -280,18 +347,64 @@ def set_rng_state(state):
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir", "sample_tokens")
 
 
+class Metrics:
+    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only. A run that fails before its first step
+    calls close(discard=True) to take back what it wrote: its lines, and out_dir if it made it (no checkpoint exists
+    yet, and another run's files are never touched)."""
+
+    def __init__(self, out_dir, append, master):
+        self.out_dir, self.path, self.file = out_dir, os.path.join(out_dir, "metrics.jsonl"), None
+        if master:
+            self.made_dir = not os.path.isdir(out_dir)
+            self.size = os.path.getsize(self.path) if os.path.exists(self.path) else None
+            os.makedirs(out_dir, exist_ok=True)
+            self.file = open(self.path, "a" if append else "w")
+
+    def write(self, record):
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self, discard=False):
+        if not self.file or self.file.closed:
+            return
+        self.file.close()
+        if discard:
+            if self.size is None:
+                os.remove(self.path)
+            else:
+                os.truncate(self.path, self.size)  # a resume appends: cut back to what was there
+            if self.made_dir and not os.listdir(self.out_dir):
+                os.rmdir(self.out_dir)
+
+
+@contextmanager
+def stop_signals():
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) are noted in the yielded list instead of raised, so that the loop
+    finishes its step, writes a checkpoint and exits. (Signals reach only the main thread.)"""
+    caught, old = [], {}
+
+    def note(signum, frame):
+        caught.append(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def run_record(cfg, model, device, world, step, meta):
+    """The first line of metrics.jsonl (and of each resume): what runs, on what, from which step."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
+    return {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg), "versions": versions,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
+
+
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16
-
-
-def forget_run(out_dir, metrics_path, metrics_size, made_dir):
-    """Undo what a run that failed before its first step wrote: its metrics lines, and out_dir if it made it.
-    No checkpoint exists yet, and another run's files are never touched."""
-    if metrics_size is None:
-        os.remove(metrics_path)
-    else:
-        os.truncate(metrics_path, metrics_size)  # a resume appends: cut back to what was there
-    if made_dir and not os.listdir(out_dir):
-        os.rmdir(out_dir)
 
 
 def peak_flops(device):
@@ -321,74 +434,30 @@ def sample_text(model, enc, n_tokens, seed, amp):
 
 
 def train(cfg):
-    check_config(cfg)
+    cfg = resolve(cfg)
     rank, world, device = compute_init(cfg)
     master = rank == 0
-    print0 = lambda *a: master and print(*a, flush=True)
     torch.manual_seed(cfg.seed)
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else cfg.max_steps // 10
-    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr + "-lanton" * cfg.lanton)
-    cfg = dataclasses.replace(cfg, out_dir=out_dir, warmup_steps=warmup)  # resolved, as logged and checkpointed
-    ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
-    if cfg.resume and not os.path.exists(ckpt_path):
-        raise UsageError(f"--resume but {ckpt_path} does not exist; drop --resume to start a new run")
-    if not cfg.resume and (os.path.exists(ckpt_path) or os.path.exists(metrics_path)):
-        raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it, or another --out_dir")
-
-    # data: shards of the given directory, or the embedded corpus built once under data/
-    data_dir = cfg.data or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pydoc")
-    if not cfg.data:
-        build_embedded_corpus(data_dir)
-    meta = read_meta(data_dir)
-    train_files, val_files = list_shards(data_dir, "train"), list_shards(data_dir, "val")
-    if not (train_files and val_files):
-        raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; make them with prepare_fineweb.py")
+    out_dir, ckpt_path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     B, T = cfg.batch_size, cfg.seq_len
-    per_step = B * T * world
-    total = cfg.total_batch_tokens or per_step
-    if total % per_step:
-        raise UsageError(f"--total_batch_tokens={total} must be a multiple of batch_size*seq_len*processes={per_step}")
-    accum = total // per_step  # gradient accumulation steps
-    try:
-        train_loader = Loader(train_files, B, T, rank, world)
-        for files in (train_files, val_files):  # fail now, not at the first step or evaluation
-            Loader(files, B, T, rank, world).next_batch()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    total = cfg.total_batch_tokens or B * T * world  # tokens per optimizer step
+    if total % (B * T * world):
+        raise UsageError(f"--total_batch_tokens={total} must be a multiple of batch_size*seq_len*processes={B * T * world}")
+    accum = total // (B * T * world)  # gradient accumulation steps
+    data_dir, meta, train_files, val_files = open_data(cfg, rank, world)
+    train_loader = Loader(train_files, B, T, rank, world)
 
-    # model and optimizers; `model` is the bare module that checkpoints and LLR see
+    # model, optimizers and the layerwise methods (each writes group['lr_scale']); `model` is the bare module
     mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
     model = LLaMA(mcfg).to(device)
     optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
-    opts = [o for o, _ in optimizers]
-    controllers = {}  # the layerwise methods: each writes group['lr_scale']
+    controllers = {}
     if cfg.llr:
-        controllers["llr"] = LLR(model, opts, cfg.max_steps, cfg.llr_config)
+        controllers["llr"] = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)
     if cfg.lanton:
-        controllers["lanton"] = LANTON(model, opts, cfg.lanton_config)
-    step = 0
-    if cfg.resume:
-        try:
-            ckpt = torch.load(ckpt_path, map_location=device)
-        except pickle.UnpicklingError:
-            raise UsageError(f"{ckpt_path} was written by an older train.py (numpy RNG state, loads only with weights_only=False); "
-                             f"finish it with that version, or start a new run in another --out_dir") from None
-        saved, now = ckpt["config"], dataclasses.asdict(cfg)
-        diff = [f"--{k}={saved.get(k)} (now {v})" for k, v in now.items() if k not in RUN_ONLY and saved.get(k) != v]
-        if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
-            raise UsageError(f"{data_dir} holds {meta['tokenizer']} tokens but {ckpt_path} was trained on {ckpt['meta']['tokenizer']} "
-                             f"tokens; point --data at shards of the same tokenizer")
-        if diff:
-            raise UsageError(f"{ckpt_path} was trained with other settings: {', '.join(diff)}; pass the same ones")
-        model.load_state_dict(ckpt["model"])
-        for (opt, _), state in zip(optimizers, ckpt["optimizers"]):
-            opt.load_state_dict(state)
-        for method, controller in controllers.items():
-            controller.load_state_dict(ckpt[method])
-        train_loader.load_state_dict(ckpt["loader"])
-        set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
-        del ckpt
+        controllers["lanton"] = LANTON(model, [o for o, _ in optimizers], cfg.lanton_config)
+    state = {"model": model, "optimizers": [o for o, _ in optimizers], **controllers, "loader": train_loader}  # checkpointed
+    step = load_checkpoint(ckpt_path, state, cfg, meta, device) if cfg.resume else 0
     fwd = torch.compile(model) if cfg.compile else model
     if world > 1:
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
@@ -396,28 +465,17 @@ def train(cfg):
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
     flops_peak = peak_flops(device)
 
-    mlog = None
-    if master:  # what this invocation adds to out_dir, so that a failure before the first step can take it back
-        made_dir = not os.path.isdir(out_dir)
-        metrics_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else None
-        os.makedirs(out_dir, exist_ok=True)
-        mlog = open(metrics_path, "a" if cfg.resume else "w")
-        versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
-        mlog.write(json.dumps({"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "versions": versions,
-                               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                               "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}) + "\n")
-    log = lambda rec: mlog and (mlog.write(json.dumps(rec) + "\n"), mlog.flush())
+    def print0(*args):
+        if master:
+            print(*args, flush=True)
+
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
-
-    enc = None  # the data's tokenizer, for samples
-    if master and cfg.sample_tokens:
-        try:
-            enc = get_tokenizer(meta["tokenizer"])
-        except Exception as e:  # e.g. GPT-2 shards offline: training never needed the ranks file, so go on without
-            print0(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})")
+    enc = sample_tokenizer(meta) if master and cfg.sample_tokens else None
+    seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what evaluations add to training, timed
 
     def evaluate():
+        """Validation loss, the Hill alpha of every matrix and (rank 0) a sample; the last two timed as overhead."""
         model.eval()
         loader, loss = Loader(val_files, B, T, rank, world), torch.zeros((), device=device)
         with torch.no_grad():
@@ -428,98 +486,92 @@ def train(cfg):
         model.train()
         if world > 1:
             dist.all_reduce(loss)
-        return loss.item() / world
+        t0 = time.perf_counter()
+        spectra = alphas(model)  # for every run, LLR or not (a collective under DDP)
+        record = {"step": step, "val_loss": loss.item() / world, "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
+        t1 = time.perf_counter()
+        seconds["alphas"] += t1 - t0
+        if enc:
+            record["sample"] = sample_text(model, enc, cfg.sample_tokens, cfg.seed, amp)
+            seconds["samples"] += time.perf_counter() - t1
+        return record
 
-    # SIGTERM (preemption) and SIGINT (Ctrl-C) finish the step, write a checkpoint and exit
-    stop_signal, old_handlers = [], {}
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[s] = signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+    metrics = Metrics(out_dir, cfg.resume, master)
+    metrics.write(run_record(cfg, model, device, world, step, meta))
     start, stopping, train_time, val_loss, loss_val = step, False, 0.0, None, None
-    seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what each evaluation adds, timed
-    try:
-        while True:
-            done = step == cfg.max_steps or stopping or (cfg.stop_after and step - start == cfg.stop_after)
-            if step == cfg.max_steps or (cfg.eval_interval and step % cfg.eval_interval == 0 and not (cfg.resume and step == start)):
-                val_loss = evaluate()
-                t1 = time.perf_counter()
-                spectra = alphas(model)  # the Hill alpha of every matrix, for every run (a collective under DDP)
-                seconds["alphas"] += time.perf_counter() - t1
-                rec = {"step": step, "val_loss": val_loss, "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
-                if enc:
-                    t1 = time.perf_counter()
-                    rec["sample"] = sample_text(model, enc, cfg.sample_tokens, cfg.seed, amp)
-                    seconds["samples"] += time.perf_counter() - t1
-                print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}" + (f" | sample {rec['sample']!r}" if enc else ""))
-                log(rec)
-            if master and step > start and (done or (cfg.eval_interval and step % cfg.eval_interval == 0)):
-                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o, _ in optimizers],
-                                            **{m: c.state_dict() for m, c in controllers.items()}, "loader": train_loader.state_dict(),
-                                            "rng": rng_state(), "step": step, "config": dataclasses.asdict(cfg), "meta": meta,
-                                            "model_config": dataclasses.asdict(mcfg)})  # sample.py rebuilds the model from it
-            if done:
-                break
+    with stop_signals() as signalled:
+        try:
+            while True:
+                at_interval = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
+                last_step = step == cfg.max_steps or stopping or (cfg.stop_after > 0 and step - start == cfg.stop_after)
+                # evaluate at every interval and at the end, but not again at the step a run resumes from
+                if step == cfg.max_steps or (at_interval and not (cfg.resume and step == start)):
+                    record = evaluate()
+                    val_loss = record["val_loss"]
+                    print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}" + (f" | sample {record['sample']!r}" if enc else ""))
+                    metrics.write(record)
+                # checkpoint at every interval and on the way out
+                if master and step > start and (at_interval or last_step):
+                    save_checkpoint(ckpt_path, state, step=step, config=dataclasses.asdict(cfg), meta=meta,
+                                    model_config=dataclasses.asdict(mcfg))  # sample.py rebuilds the model from it
+                if last_step:
+                    break
 
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                x, y = train_loader.next_batch()
-                if world > 1:  # all-reduce gradients only on the last micro-batch
-                    fwd.require_backward_grad_sync = micro == accum - 1
-                with amp:
-                    loss = fwd(x.to(device, non_blocking=True), y.to(device, non_blocking=True))[1] / accum
-                loss_sum += loss.detach().float()
-                loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            # one collective a step: the mean loss over processes, and whether any of them was signalled
-            red = torch.stack([loss_sum, norm.float(), torch.tensor(float(bool(stop_signal)), device=device)])
-            if world > 1:
-                dist.all_reduce(red)
-            loss_val, norm_val, stopping = red[0].item() / world, red[1].item() / world, red[2].item() > 0
-            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-                raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
-                                         f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
-            # the one place where learning rates are set: the schedule, times each layerwise method's lr_scale
-            mult = lr_mult(step, cfg, warmup)
-            for opt, peak in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = peak * mult
-            for method, controller in controllers.items():
-                info = controller.step(step)  # writes group['lr_scale'] on every group
-                if info:
-                    log({"step": step, "method": method, **info})
-                    print0(layer_table(*info.values(), label=next(iter(info))))
-                for opt, _ in optimizers:
+                t0 = time.perf_counter()
+                loss_sum = torch.zeros((), device=device)
+                for micro in range(accum):
+                    x, y = train_loader.next_batch()
+                    if world > 1:  # all-reduce gradients only on the last micro-batch
+                        fwd.require_backward_grad_sync = micro == accum - 1
+                    with amp:
+                        loss = fwd(x.to(device, non_blocking=True), y.to(device, non_blocking=True))[1] / accum
+                    loss_sum += loss.detach().float()
+                    loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                # one collective a step: the mean loss over processes, and whether any of them was signalled
+                red = torch.stack([loss_sum, norm.float(), torch.tensor(float(bool(signalled)), device=device)])
+                if world > 1:
+                    dist.all_reduce(red)
+                loss_val, norm_val, stopping = red[0].item() / world, red[1].item() / world, red[2].item() > 0
+                if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                    raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
+                                             f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
+                # the one place where learning rates are set: the schedule, times each layerwise method's lr_scale
+                mult = lr_mult(step, cfg)
+                for opt, peak in optimizers:
                     for group in opt.param_groups:
-                        group["lr"] *= group["lr_scale"]
-            for opt, _ in optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            train_time += dt
-            step += 1
-            lr0 = cfg.lr * mult  # the base learning rate of this step
-            log({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
-                print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
-                       f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
-    except BaseException:
-        if mlog and step == start:  # failed before its first step: leave out_dir as we found it
-            mlog.close()
-            forget_run(out_dir, metrics_path, metrics_size, made_dir)
-        raise
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if mlog:
-            mlog.close()
-        compute_cleanup()
+                        group["lr"] = peak * mult
+                for method, controller in controllers.items():
+                    info = controller.step(step)  # writes group['lr_scale'] on every group
+                    if info:
+                        metrics.write({"step": step, "method": method, **info})
+                        print0(layer_table(*info.values(), label=next(iter(info))))
+                    for opt, _ in optimizers:
+                        for group in opt.param_groups:
+                            group["lr"] *= group["lr_scale"]
+                for opt, _ in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                train_time += dt
+                step += 1
+                lr0 = cfg.lr * mult  # the base learning rate of this step
+                metrics.write({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
+                if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                    mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
+                    print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
+                           f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
+        except BaseException:
+            metrics.close(discard=step == start)  # failed before its first step: leave out_dir as we found it
+            raise
+        finally:
+            metrics.close()
+            compute_cleanup()
 
     summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time, "out_dir": out_dir,
-               "interrupted": stop_signal[0] if stop_signal else None, "model": model}
+               "interrupted": signalled[0] if signalled else None, "model": model}
     overhead = ""
     # time inside the layerwise methods, and what evaluations add (alphas, samples), as shares of training time
     for what, s in ({m: c.seconds for m, c in controllers.items()} | seconds).items():
