@@ -268,6 +268,11 @@ def compute_init(cfg):
     return rank, world, device
 
 
+def print0(*args):
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun sets RANK: the console shows one copy of each line
+        print(*args, flush=True)
+
+
 def compute_cleanup():
     if dist.is_initialized():
         dist.barrier()  # gloo can abort if a peer tears down while another still talks
@@ -464,10 +469,6 @@ def train(cfg):
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
     flops_peak = peak_flops(device)
-
-    def print0(*args):
-        if master:
-            print(*args, flush=True)
 
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
