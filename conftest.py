@@ -44,10 +44,12 @@ def expire(config, nodeid, seconds):
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture:  # the report must reach the real stderr, not pytest's capture of it, which dies with us
         capture.suspend()
-    print(f"\n{nodeid} ran past its deadline of {seconds}s; its threads were at:", file=sys.stderr, flush=True)
+    print(f"\n{nodeid} ran past its deadline of {seconds}s; its threads were at:",
+          file=sys.stderr, flush=True)
     faulthandler.dump_traceback(all_threads=True)
     kill_children()
-    os._exit(1)  # the only way out of a thread stuck in a lock: end the run, with the stacks above as the report
+    # the only way out of a thread stuck in a lock: end the run, with the stacks above as the report
+    os._exit(1)
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +59,8 @@ def deadline(request):
     timer = threading.Timer(seconds, expire, (request.config, request.node.nodeid, seconds))
     timer.daemon = True
     timer.start()
-    faulthandler.dump_traceback_later(seconds + 60, exit=True)  # in case the timer's thread never gets the GIL
+    # in case the timer's thread never gets the GIL
+    faulthandler.dump_traceback_later(seconds + 60, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
     timer.cancel()
@@ -109,7 +112,8 @@ def wait_for_line(proc, prefix, timeout):
         except queue.Empty:
             pytest.fail(f"no line starting with {prefix!r} within {timeout}s")
         if line is None:
-            pytest.fail(f"the process exited (status {proc.wait()}) before printing a line starting with {prefix!r}")
+            pytest.fail(f"the process exited (status {proc.wait()}) before printing a line "
+                        f"starting with {prefix!r}")
         if line.startswith(prefix):
             return line
 
@@ -133,14 +137,16 @@ def run_ddp(worker, *args, world=2, timeout=120):
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of pytest's threads
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
-        procs = [ctx.Process(target=ddp_rank, args=(worker, r, world, store, timeout, args)) for r in range(world)]
+        procs = [ctx.Process(target=ddp_rank, args=(worker, r, world, store, timeout, args))
+                 for r in range(world)]
         for p in procs:
             p.start()
         end = time.monotonic() + timeout
         try:
             running = procs
             while running and time.monotonic() < end and not any(p.exitcode for p in procs):
-                multiprocessing.connection.wait([p.sentinel for p in running], timeout=max(0.0, end - time.monotonic()))
+                multiprocessing.connection.wait([p.sentinel for p in running],
+                                                timeout=max(0.0, end - time.monotonic()))
                 running = [p for p in procs if p.exitcode is None]
         finally:
             for p in procs:
@@ -148,15 +154,17 @@ def run_ddp(worker, *args, world=2, timeout=120):
                     p.kill()
                 p.join()
     codes = [p.exitcode for p in procs]
-    assert codes == [0] * world, (f"DDP ranks exited with {codes} (-N: signal N; ranks still running when one "
-                                  f"failed or at the {timeout}s deadline are killed with signal 9)")
+    assert codes == [0] * world, (
+        f"DDP ranks exited with {codes} (-N: signal N; ranks still running when one "
+        f"failed or at the {timeout}s deadline are killed with signal 9)")
 
 
 # ---- test matrices ----
 
 
 def with_spectrum(rows, cols, s, seed=0, dtype=None):
-    """A (rows, cols) matrix U diag(s) V^T with the given singular values (the rest zero), float32 by default."""
+    """A (rows, cols) matrix U diag(s) V^T with the given singular values (the rest zero),
+    float32 by default."""
     import torch
     randn = lambda n, seed: torch.randn(n, len(s), generator=torch.Generator().manual_seed(seed)).double()
     u, _ = torch.linalg.qr(randn(rows, seed))

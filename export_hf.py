@@ -28,11 +28,13 @@ def hf_config(mc, meta):
     eot = meta.get("eot")
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
             "hidden_size": mc["dim"], "intermediate_size": mc["ffn_dim"], "num_hidden_layers": mc["n_layers"],
-            "num_attention_heads": mc["n_heads"], "num_key_value_heads": mc["n_kv_heads"], "head_dim": mc["dim"] // mc["n_heads"],
-            "vocab_size": mc["vocab_size"], "max_position_embeddings": mc["max_seq_len"], "rms_norm_eps": mc["norm_eps"],
-            "rope_theta": mc["rope_theta"], "rope_parameters": {"rope_type": "default", "rope_theta": mc["rope_theta"]},
-            "tie_word_embeddings": mc["tie_embeddings"], "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-            "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
+            "num_attention_heads": mc["n_heads"], "num_key_value_heads": mc["n_kv_heads"],
+            "head_dim": mc["dim"] // mc["n_heads"], "vocab_size": mc["vocab_size"],
+            "max_position_embeddings": mc["max_seq_len"], "rms_norm_eps": mc["norm_eps"],
+            "rope_theta": mc["rope_theta"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": mc["rope_theta"]},
+            "tie_word_embeddings": mc["tie_embeddings"], "hidden_act": "silu", "attention_bias": False,
+            "mlp_bias": False, "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
 
 
 def export(run_dir, target):
@@ -40,16 +42,22 @@ def export(run_dir, target):
     from safetensors.torch import save_file  # an optional extra, like transformers
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     if not os.path.isfile(ckpt_path):
-        raise UsageError(f"{ckpt_path} does not exist; pass the out_dir of a run that has written a checkpoint")
+        raise UsageError(f"{ckpt_path} does not exist; pass the out_dir of a run that has written "
+                         "a checkpoint")
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
-        raise UsageError(f"{target} exists and is not an empty directory; choose another target (nothing was written)")
+        raise UsageError(f"{target} exists and is not an empty directory; "
+                         "choose another target (nothing was written)")
     ckpt = torch.load(ckpt_path, map_location="cpu")
     meta, cfg = ckpt["meta"], ckpt["config"]
     mc = ckpt.get("model_config")
     if mc is None:  # checkpoints that predate model_config: rebuilt as train.py builds the model
-        mc = dataclasses.asdict(dataclasses.replace(PRESETS[cfg["preset"]], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=cfg["seq_len"]))
-    # Hugging Face's names are ours under "model.", but for the head; a tied head is stored once, as the embedding
-    weights = {(k if k.startswith("lm_head.") else "model." + k): v.contiguous() for k, v in ckpt["model"].items()}
+        mc = dataclasses.asdict(dataclasses.replace(PRESETS[cfg["preset"]],
+                                                    vocab_size=pad_vocab(meta["vocab_size"]),
+                                                    max_seq_len=cfg["seq_len"]))
+    # Hugging Face's names are ours under "model.", but for the head; a tied head is stored once,
+    # as the embedding
+    weights = {(k if k.startswith("lm_head.") else "model." + k): v.contiguous()
+               for k, v in ckpt["model"].items()}
     if mc["tie_embeddings"]:
         del weights["lm_head.weight"]
     tmp = target.rstrip("/") + ".tmp"
@@ -76,7 +84,8 @@ def main(argv=None):
         return 2
     print(f"wrote {args.target}/config.json and model.safetensors (LlamaForCausalLM)")
     if tokenizer == "gpt2" or tokenizer.endswith("gpt2"):
-        print(f"tokenizer: gpt2, e.g. lm_eval --model hf --model_args pretrained={args.target},tokenizer=gpt2 ...")
+        print("tokenizer: gpt2, e.g. lm_eval --model hf "
+              f"--model_args pretrained={args.target},tokenizer=gpt2 ...")
     else:
         print(f"note: the run's tokenizer is {tokenizer!r}, which no Hugging Face tokenizer matches: "
               f"the export gives the model's logits, but lm-eval cannot tokenize text for it")

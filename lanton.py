@@ -68,7 +68,8 @@ class LANTON:
         self.cfg = cfg or LANTONConfig()
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         role = roles(model)
-        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)  # first tensor of a group -> its layer name
+        # first tensor of a group -> its layer name
+        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)
         self.layers = [(n, p, role[id(p)]) for n, p in seen]  # (name, param, role)
         self.H = {}  # name -> moving average of the squared noise
         self.mult = {}  # name -> current multiplier; a layer not in here has 1
@@ -88,7 +89,8 @@ class LANTON:
         zero = torch.zeros((), dtype=torch.float64, device=device)
         out = [zero] * len(self.layers)
         by_shape = defaultdict(list)
-        for j in sorted(range(len(self.layers)), key=lambda j: (tuple(self.layers[j][1].shape), j))[rank::world]:
+        for j in sorted(range(len(self.layers)),
+                        key=lambda j: (tuple(self.layers[j][1].shape), j))[rank::world]:
             name, p, role = self.layers[j]
             if p.grad is None or name not in self.prev:
                 out[j] = zero + float("nan")
@@ -100,7 +102,8 @@ class LANTON:
             per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
             for c in range(0, len(idx), per_chunk):
                 chunk = idx[c:c + per_chunk]
-                diff = torch.stack([self.layers[j][1].grad.double() - self.prev[self.layers[j][0]].double() for j in chunk])
+                diff = torch.stack([self.layers[j][1].grad.double() - self.prev[self.layers[j][0]].double()
+                                    for j in chunk])
                 n = math.sqrt(rows / cols) * nuclear_norm(diff)  # Table 1; a non-finite matrix gives NaN
                 for j, v in zip(chunk, n.to(device).unbind()):
                     out[j] = v
@@ -122,9 +125,11 @@ class LANTON:
         for name, _, role in self.layers:
             if name in alpha:
                 best[FAMILY[role]] = max(best[FAMILY[role]], alpha[name])
-        self.mult = {name: alpha[name] / best[FAMILY[role]] for name, _, role in self.layers if name in alpha}  # line 9
+        self.mult = {name: alpha[name] / best[FAMILY[role]]
+                     for name, _, role in self.layers if name in alpha}  # line 9
         self.noise = accepted
-        return {"noise": dict(accepted), "multipliers": {name: self.mult.get(name, 1.0) for name, _, _ in self.layers}}
+        return {"noise": dict(accepted),
+                "multipliers": {name: self.mult.get(name, 1.0) for name, _, _ in self.layers}}
 
     def step(self, step):
         """Call once per training step after backward (and clipping), before the optimizer step. Reads

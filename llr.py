@@ -13,7 +13,8 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
         opt.step()
         if info: print(llr.layer_table(info['alphas'], info['multipliers']))
 
-    llr.alphas(model)                                           # {name: alpha} of every 2-D weight, any nn.Module
+    # {name: alpha} of every 2-D weight, any nn.Module
+    llr.alphas(model)
 
 Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
 spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
@@ -45,8 +46,8 @@ def esd(weight):
 
 def hill_alpha(eigs, xmin_pos=2.0):
     """PL_Alpha_Hill of one ascending spectrum (arXiv 2605.22297), with xmin at lambda_{floor(N/xmin_pos)},
-    the median for xmin_pos=2:  alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i),  i = floor(N / xmin_pos),
-    n = N - i. NaN for a degenerate spectrum (see _hill)."""
+    the median for xmin_pos=2:  alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i),
+    i = floor(N / xmin_pos), n = N - i. NaN for a degenerate spectrum (see _hill)."""
     return _hill(torch.as_tensor(eigs).double().sort().values[None], xmin_pos)[0].item()
 
 
@@ -82,11 +83,14 @@ def alphas(model, xmin_pos=2.0):
 
 
 def _gram_eigs(w, dtype=None):
-    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for non-finite W."""
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for
+    non-finite W."""
     w = w.detach()
     finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    # float32 on CPU (alpha stays within ~1e-6 of float64); float64 on CUDA, where a float32 matmul may be TF32
-    w = w.masked_fill(~finite[..., None, None], 0).to(dtype or (torch.float64 if w.is_cuda else torch.float32))
+    # float32 on CPU (alpha stays within ~1e-6 of float64); float64 on CUDA, where a float32 matmul
+    # may be TF32
+    w = w.masked_fill(~finite[..., None, None], 0).to(
+        dtype or (torch.float64 if w.is_cuda else torch.float32))
     # the Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats svdvals
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
     eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
@@ -105,7 +109,8 @@ def _hill(eigs, xmin_pos=2.0):
     alpha = 1 + n / spread
     # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
     # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
-    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues up to ~3 eps * max
+    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues
+                                                                # up to ~3 eps * max
     ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
     return torch.where(ok, alpha, float("nan"))
 
@@ -120,9 +125,9 @@ def nuclear_norm(x):
 
 
 def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
-    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (the paper's map), keyed by name.
-    Non-finite alphas are left out (of the min/max and of the result). All-equal -> r_max everywhere,
-    as in the official code."""
+    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (the paper's map),
+    keyed by name. Non-finite alphas are left out (of the min/max and of the result). All-equal
+    -> r_max everywhere, as in the official code."""
     alphas = {k: a for k, a in alphas.items() if math.isfinite(a)}
     if not alphas:
         return {}
@@ -150,9 +155,11 @@ class LLRConfig:
         checks = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
                   (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
                   (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
-                  (0 < self.r_min <= self.r_max, f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
+                  (0 < self.r_min <= self.r_max,
+                   f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
                   (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
-                  (self.embed_head in ("rmax", "one"), f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
+                  (self.embed_head in ("rmax", "one"),
+                   f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -162,7 +169,8 @@ class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
 
     Cadence: recompute at the first step() and every `interval` steps while step <= window * total_steps
-    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps, ramp half that).
+    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps,
+    ramp half that).
     Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute
     at step t with target m* places a knot at t: m(t) is unchanged (the value the previous segment
     gives at t, mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the
@@ -212,11 +220,14 @@ class LLR:
             if not math.isfinite(a) and name not in self._warned:
                 self._warned.add(name)
                 kept = self.segments[name][1] if name in self.segments else 1.0
-                warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) at step {step}; "
-                              f"it keeps its multiplier ({kept:g}) and stays out of the alpha min/max")
-        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed}, self.cfg.r_min, self.cfg.r_max)
+                warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) "
+                              f"at step {step}; it keeps its multiplier ({kept:g}) "
+                              "and stays out of the alpha min/max")
+        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed},
+                                       self.cfg.r_min, self.cfg.r_max)
         targets |= {n: self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0 for n in self.special}
-        if self.cfg.mean_one:  # same allocation, no extra total LR: sum(numel * m) / sum(numel) = 1 over the matrices
+        # same allocation, no extra total LR: sum(numel * m) / sum(numel) = 1 over the matrices
+        if self.cfg.mean_one:
             sizes = {n: p.numel() for n, p in self.measured}
             mean = sum(sizes[n] * m for n, m in targets.items()) / sum(sizes[n] for n in targets)
             targets = {n: m / mean for n, m in targets.items()}
@@ -226,14 +237,16 @@ class LLR:
             self.segments[name] = [start, target, step]
         self.computed_at = step
         self.alphas = {n: a for n, a in alphas.items() if math.isfinite(a)}
-        return {"alphas": dict(self.alphas), "multipliers": {n: self.segments[n][1] for n, _ in self.measured if n in self.segments}}
+        return {"alphas": dict(self.alphas),
+                "multipliers": {n: self.segments[n][1] for n, _ in self.measured if n in self.segments}}
 
     def step(self, step):
         """Call once per training step, before the optimizer step. Returns the new alphas and target
         multipliers on steps that recomputed, else None."""
         t0 = time.perf_counter()
         info = None
-        in_window = step % self.interval == 0 and step <= self.cfg.window * self.total_steps  # boundary included, as the paper's code
+        # boundary included, as the paper's code
+        in_window = step % self.interval == 0 and step <= self.cfg.window * self.total_steps
         if self.computed_at < 0 or (in_window and step != self.computed_at):
             with torch.no_grad():
                 info = self._recompute(step)
@@ -254,7 +267,8 @@ class LLR:
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
         if state["computed_at"] >= 0:  # states saved before embedding and head had segments of their own
             m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
-            self.segments |= {n: [m, m, int(state["computed_at"])] for n in self.special if n not in self.segments}
+            self.segments |= {n: [m, m, int(state["computed_at"])]
+                              for n in self.special if n not in self.segments}
         self.alphas = dict(state["alphas"])
         self.computed_at = int(state["computed_at"])
 
@@ -270,9 +284,10 @@ def param_groups(model, weight_decay=0.1):
 
 
 def roles(model):
-    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the model's
-    own get_output_embeddings() returns (transformers' models and model.LLaMA have it; define it on a model of
-    yours to name its head); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
+    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what
+    the model's own get_output_embeddings() returns (transformers' models and model.LLaMA have it;
+    define it on a model of yours to name its head); embeddings are get_input_embeddings() and every
+    nn.Embedding. A tied head is 'embed'."""
     role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
@@ -295,7 +310,8 @@ def _first(group):  # a group is known by its first tensor, never by its positio
 def _map_groups(model, optimizers, key):
     """Map every optimizer group to one multiplier key, by tensor identity (never by position).
     key(name, param) -> the group's key; a group whose tensors need different keys is an error.
-    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
+    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in
+    model order)."""
     names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
     order = {pid: i for i, pid in enumerate(names)}
     key_of, seen = {}, {}
@@ -304,13 +320,14 @@ def _map_groups(model, optimizers, key):
             keys = set()
             for p in group["params"]:
                 if id(p) not in names:
-                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
+                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} "
+                                     "that is not in the model")
                 seen[id(p)] = p
                 keys.add(key(names[id(p)], p))
             if len(keys) > 1:
                 members = ", ".join(names[id(p)] for p in group["params"])
-                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers ({members}); "
-                                 f"use one group per parameter, e.g. llr.param_groups(model)")
+                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers "
+                                 f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
             key_of[_first(group)] = keys.pop() if keys else None
     return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
 
@@ -323,7 +340,8 @@ LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"
 
 def layer_table(alphas, multipliers, label="alpha"):
     """One row per layer type (q, k, v, ... from the parameter name), mean/min/max over depth of a
-    per-layer statistic (`label`: alpha here, a noise estimate for another method) and of the multiplier."""
+    per-layer statistic (`label`: alpha here, a noise estimate for another method) and of the
+    multiplier."""
     def kind(name):
         return next((t for t, key in LAYER_TYPES if key in name), "other")
 
@@ -331,7 +349,8 @@ def layer_table(alphas, multipliers, label="alpha"):
     for col, values in enumerate((alphas, multipliers)):
         for name, v in values.items():
             rows[kind(name)][col].append(float(v))
-    stats = lambda xs: f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs else f"{'-':>11} {'-':>7} {'-':>7}"
+    stats = lambda xs: (f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs
+                        else f"{'-':>11} {'-':>7} {'-':>7}")
     cols = lambda name: f"{name[:6] + ' mean':>11} {'min':>7} {'max':>7}"
     lines = [f"{'layer':<6} {'n':>3} | {cols(label)} | {cols('mult')}"]
     for t in [t for t, _ in LAYER_TYPES] + ["other"]:
@@ -359,7 +378,8 @@ def orthogonalize(u, steps=5, dtype=None):
     tall = u.size(-2) > u.size(-1)
     if tall:
         X = X.mT  # iterate on the wide side: A = X X^T is then the smaller Gram
-    # each matrix of a stack by its own norm; torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0
+    # each matrix of a stack by its own norm; torch.optim.Muon clamps the norm at 1e-7 instead:
+    # the same unless u ~ 0
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + 1e-7)
     shape, X = X.shape, X.reshape(-1, *X.shape[-2:]) if X.ndim > 2 else X  # a stack as one (B, m, n) batch
     fma = torch.addmm if X.ndim == 2 else torch.baddbmm  # beta * input + alpha * (m1 @ m2), one kernel
@@ -379,10 +399,13 @@ class Muon(torch.optim.Optimizer):
     adjust_lr 'original': lr * sqrt(max(1, rows / cols)) (Keller Jordan); 'match_rms_adamw':
     lr * 0.2 * sqrt(max(rows, cols)) (Moonlight), which lets Muon reuse AdamW's lr and weight decay."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, adjust_lr="original"):
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
+                 adjust_lr="original"):
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr=adjust_lr)
+            raise ValueError("lr, momentum and weight_decay must be >= 0, "
+                             f"got {lr}, {momentum}, {weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        weight_decay=weight_decay, adjust_lr=adjust_lr)
         super().__init__(params, defaults)
 
     def add_param_group(self, group):
@@ -392,7 +415,8 @@ class Muon(torch.optim.Optimizer):
         if bad or group["adjust_lr"] not in ("original", "match_rms_adamw"):
             self.param_groups.pop()
             raise ValueError(f"Muon takes 2-D matrices and adjust_lr 'original' or 'match_rms_adamw'; group "
-                             f"{group.get('name', 'unnamed')} has shapes {[tuple(p.shape) for p in group['params']]} "
+                             f"{group.get('name', 'unnamed')} has shapes "
+                             f"{[tuple(p.shape) for p in group['params']]} "
                              f"and adjust_lr {group['adjust_lr']!r}; give vectors and embeddings to AdamW")
 
     @torch.no_grad()
@@ -415,7 +439,8 @@ class Muon(torch.optim.Optimizer):
                 u = g.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
                 update = orthogonalize(u, group["ns_steps"])
                 rows, cols = p.shape
-                scale = math.sqrt(max(1, rows / cols)) if group["adjust_lr"] == "original" else 0.2 * math.sqrt(max(rows, cols))
+                scale = (math.sqrt(max(1, rows / cols)) if group["adjust_lr"] == "original"
+                         else 0.2 * math.sqrt(max(rows, cols)))
                 p.mul_(1 - lr * wd)  # decoupled weight decay with the unadjusted lr, as torch.optim.Muon
                 p.add_(update.to(p.dtype), alpha=-lr * scale)
         return loss

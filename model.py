@@ -23,7 +23,8 @@ class ModelConfig:
     dim: int = 128                 # width of the residual stream
     n_layers: int = 5              # transformer blocks
     n_heads: int = 4               # query heads; head_dim = dim // n_heads
-    n_kv_heads: int = 0            # key/value heads; 0 = n_heads (plain multi-head, as the paper), fewer = GQA
+    n_kv_heads: int = 0            # key/value heads; 0 = n_heads (plain multi-head, as the paper),
+                                   # fewer = GQA
     ffn_dim: int = 0               # SwiGLU hidden size; 0 = 8/3 * dim rounded up to multiple_of
     multiple_of: int = 32          # rounding for the default ffn_dim
     vocab_size: int = 320          # padded up to a multiple of 64 (the byte tokenizer has 257)
@@ -38,7 +39,8 @@ class ModelConfig:
             hidden = int(8 * self.dim / 3)
             self.ffn_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim={self.dim} must divide by n_heads={self.n_heads}, and n_heads by n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"dim={self.dim} must divide by n_heads={self.n_heads}, "
+                             f"and n_heads by n_kv_heads={self.n_kv_heads}")
 
 
 def pad_vocab(n, multiple=64):
@@ -50,10 +52,14 @@ PRESETS = {
     "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
     "tiny_gqa": ModelConfig(n_kv_heads=2),  # the same with grouped-query attention (k, v rectangular)
     "small": ModelConfig(dim=256, n_layers=6, n_heads=8),  # 5M: the second size of the CPU benchmark
-    "llama60m": ModelConfig(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, ffn_dim=1512, vocab_size=50304, max_seq_len=1024),
-    "llama135m": ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048, vocab_size=50304, max_seq_len=1024),
-    "llama350m": ModelConfig(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2736, vocab_size=50304, max_seq_len=1024),
-    "llama1b": ModelConfig(dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, ffn_dim=5461, vocab_size=50304, max_seq_len=1024),
+    "llama60m": ModelConfig(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, ffn_dim=1512,
+                            vocab_size=50304, max_seq_len=1024),
+    "llama135m": ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048,
+                             vocab_size=50304, max_seq_len=1024),
+    "llama350m": ModelConfig(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2736,
+                             vocab_size=50304, max_seq_len=1024),
+    "llama1b": ModelConfig(dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, ffn_dim=5461,
+                           vocab_size=50304, max_seq_len=1024),
 }
 
 # ---- building blocks ----
@@ -72,7 +78,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(head_dim, seq_len, theta):
-    """cos/sin of angle t * theta^(-2i/head_dim), each (seq_len, head_dim/2): real numbers, no complex dtype."""
+    """cos/sin of angle t * theta^(-2i/head_dim), each (seq_len, head_dim/2): real numbers,
+    no complex dtype."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(seq_len).float(), inv_freq)
     return angles.cos(), angles.sin()
@@ -100,7 +107,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
 
 
@@ -167,7 +175,8 @@ class LLaMA(nn.Module):
         only the k likeliest tokens. No KV cache: each step reruns the (cropped) context, which is simple
         and fast enough at these sizes. `generator` keeps sampling off the global RNG (training uses it)."""
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.max_seq_len:]  # RoPE tables end at max_seq_len: forget the oldest tokens
+            # RoPE tables end at max_seq_len: forget the oldest tokens
+            context = idx[:, -self.cfg.max_seq_len:]
             logits = self(context)[0][:, -1, :].float()  # (B, vocab), the next token only
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -180,7 +189,8 @@ class LLaMA(nn.Module):
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 
-    def get_input_embeddings(self):  # the accessors of transformers' models: llr finds embedding and head by them
+    # the accessors of transformers' models: llr finds embedding and head by them
+    def get_input_embeddings(self):
         return self.embed_tokens
 
     def get_output_embeddings(self):
@@ -192,7 +202,8 @@ class LLaMA(nn.Module):
     def flops_per_token(self, seq_len):
         """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
         cfg = self.cfg
-        # every weight is used in a matmul except the embedding lookup; tied, the embedding is the head's matmul too
+        # every weight is used in a matmul except the embedding lookup; tied, the embedding is the
+        # head's matmul too
         n = self.num_params() - (0 if cfg.tie_embeddings else self.embed_tokens.weight.numel())
         return 6 * n + 12 * cfg.n_layers * cfg.dim * seq_len
 

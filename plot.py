@@ -47,7 +47,8 @@ def load_run(run_dir):
     ordered = lambda d: [d[s] for s in sorted(d)]
     return {"name": os.path.basename(os.path.normpath(run_dir)), "tokens_per_step": per_step,
             "train": sorted(train.items()), "val": [(r["step"], r["val_loss"]) for r in ordered(evals)],
-            "alphas": [r for r in ordered(evals) if "alphas" in r], **{m: ordered(rs) for m, rs in methods.items()}}
+            "alphas": [r for r in ordered(evals) if "alphas" in r],
+            **{m: ordered(rs) for m, rs in methods.items()}}
 
 
 def smooth(values, beta=0.9):
@@ -110,7 +111,8 @@ def draw_run(fig, run, alpha_range=(None, None)):
     alpha_range (vmin, vmax) gives several runs one colour scale."""
     names = list(run["alphas"][0]["alphas"]) if run["alphas"] else []
     panels = [(run["alphas"], "alphas", "alpha", "viridis", dict(zip(("vmin", "vmax"), alpha_range)))]
-    panels += [(run[m], "multipliers", f"{m.upper()} multiplier", "magma", {}) for m in ("llr", "lanton") if run.get(m)]
+    panels += [(run[m], "multipliers", f"{m.upper()} multiplier", "magma", {})
+               for m in ("llr", "lanton") if run.get(m)]
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (records, key, title, cmap, kw) in zip(axes, panels):
         im = draw_heatmap(ax, records, key, names, f"{run['name']}: {title}", cmap, **kw)
@@ -129,7 +131,8 @@ def plot_runs(run_dirs, out):
     draw_losses(subfigs[0].subplots(), runs)
     values = [a for r in with_alphas for rec in r["alphas"] for a in rec["alphas"].values() if a is not None]
     for sub, run in zip(subfigs[1:], with_alphas):
-        draw_run(sub, run, (min(values, default=None), max(values, default=None)))  # one alpha scale for all runs
+        # one alpha scale for all runs
+        draw_run(sub, run, (min(values, default=None), max(values, default=None)))
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return [r["name"] for r in runs if not r["alphas"]]
@@ -139,7 +142,8 @@ def plot_runs(run_dirs, out):
 
 def main(argv=None):
     p = Parser(prog="plot.py", description="Plot loss curves and per-matrix alpha heatmaps of train.py runs.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding metrics.jsonl (train.py's out_dir)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="directories holding metrics.jsonl (train.py's out_dir)")
     p.add_argument("--out", default="plot.png", metavar="FILE", help="figure file; .png, .pdf, .svg ...")
     try:
         args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -47,14 +47,16 @@ def get_tokenizer(name):
         from tiktoken.load import load_tiktoken_bpe
         ranks = load_tiktoken_bpe(name)
         stem = os.path.basename(name)[: -len(".tiktoken")]
-        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                                 special_tokens={EOT: len(ranks)})
     return tiktoken.get_encoding(name)
 
 
 def write_shard(path, tokens):
     """llm.c format: 256 int32 header (magic, version, count), then uint16 tokens. Atomic: temp + rename."""
     tokens = np.asarray(tokens)
-    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), "tokens must fit in uint16"
+    assert tokens.ndim == 1 and (tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 2**16)), \
+        "tokens must fit in uint16"
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
     with open(path + ".tmp", "wb") as f:
@@ -67,7 +69,8 @@ def read_shard(path):
     """Memory-map a shard's tokens, checking its header against its size."""
     size = os.path.getsize(path)
     if size < 4 * HEADER_INTS:
-        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {4 * HEADER_INTS} bytes)")
+        raise ValueError(f"{path}: {size} bytes is too small for a token shard "
+                         f"(header is {4 * HEADER_INTS} bytes)")
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header[0] != SHARD_MAGIC:
         raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
@@ -75,7 +78,8 @@ def read_shard(path):
         raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
     n = int(header[2])
     if size != 4 * HEADER_INTS + 2 * n:
-        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
+        raise ValueError(f"{path}: header says {n} tokens but the file holds "
+                         f"{(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
     return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
 
 
@@ -146,9 +150,11 @@ def short(e):  # the first line of an exception's message
 def hub_docs(args, where):
     import datasets  # here, not at the top: slow to import, and offline users never need it
     repo = "HuggingFaceFW/fineweb-edu" if args.edu else "HuggingFaceFW/fineweb"
-    fail = lambda e: UsageError(f"could not stream {repo} ({args.name}): {short(e)}; offline? use --input with local files")
+    fail = lambda e: UsageError(f"could not stream {repo} ({args.name}): {short(e)}; "
+                                "offline? use --input with local files")
     try:  # connect now, so that no network or a bad --name fails before anything is written
-        ds = datasets.load_dataset(repo, name=args.name, split="train", streaming=True).select_columns(["text"])
+        ds = datasets.load_dataset(repo, name=args.name, split="train",
+                                   streaming=True).select_columns(["text"])
         if where[0] is not None:
             ds.load_state_dict(where[0])  # skips the parquet files before it without downloading them
     except Exception as e:
@@ -215,7 +221,8 @@ def open_docs(args, where):
 def init_worker(enc):
     global worker_enc
     worker_enc = enc
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c is for the parent to handle, not one traceback per worker
+    # ctrl-c is for the parent to handle, not one traceback per worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def tokenize(job):  # in a worker: end-of-text before each document, all in one uint16 array
@@ -264,7 +271,8 @@ def is_full(path, shard_size):
 
 
 def remove_tmp(out_dir):  # what an interrupted write leaves behind, never under a final name
-    for tmp in glob.glob(os.path.join(out_dir, "fineweb_*.tmp")) + glob.glob(os.path.join(out_dir, "*.json.tmp")):
+    for tmp in (glob.glob(os.path.join(out_dir, "fineweb_*.tmp"))
+                + glob.glob(os.path.join(out_dir, "*.json.tmp"))):
         os.remove(tmp)
 
 
@@ -273,9 +281,11 @@ def prepare(args, enc, out_dir):
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
     has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
-    if (has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train")) and read_meta(out_dir) != meta_of(enc):
+    if ((has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train"))
+            and read_meta(out_dir) != meta_of(enc)):
         theirs = read_meta(out_dir)["tokenizer"]
-        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; use another --out_dir")
+        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; "
+                         "use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
         {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
     progress = {"source": source, "shard_size": S, "starts": [{"state": None, "skip": 0, "offset": 0}]}
@@ -283,8 +293,8 @@ def prepare(args, enc, out_dir):
         with open(progress_path) as f:
             old = json.load(f)
         if (old["source"], old["shard_size"]) != (source, S):
-            raise UsageError(f"{out_dir} holds shards of another input or --shard_size (see its progress.json); "
-                       "use another --out_dir")
+            raise UsageError(f"{out_dir} holds shards of another input or --shard_size "
+                             "(see its progress.json); use another --out_dir")
         progress = old
 
     # starts[k] is where shard k starts: the state of the chunk it starts in, then skip documents and offset
@@ -305,7 +315,8 @@ def prepare(args, enc, out_dir):
     # file too, comes out as in an uninterrupted run
     skip, drop = starts[k]["skip"], starts[k]["offset"]
     buf, fill, total, ndocs, first = np.empty(S, dtype=np.uint16), 0, k * S, 0, k * S
-    bar = tqdm(total=limit if limit < float("inf") else None, initial=total, unit="tok", unit_scale=True, desc="tokens")
+    bar = tqdm(total=limit if limit < float("inf") else None, initial=total, unit="tok", unit_scale=True,
+               desc="tokens")
     with bar, closing(docs), closing(tokenized(docs, where, enc, args.workers)) as chunks:
         for state, toks, lens in chunks:
             ends, before = np.cumsum(lens), total
@@ -314,7 +325,8 @@ def prepare(args, enc, out_dir):
                 n = min(S - fill, len(toks) - i, limit - total)
                 buf[fill:fill + n] = toks[i:i + n]
                 fill, i, total = fill + n, i + n, total + n
-                if fill == S:  # full: write it, then record where the next one starts (a document may straddle)
+                # full: write it, then record where the next one starts (a document may straddle)
+                if fill == S:
                     write_shard(shard_path(out_dir, k), buf)
                     d = int(np.searchsorted(ends, i, side="right"))
                     starts.append({"state": state, "skip": d, "offset": i - int(ends[d - 1] if d else 0)})
@@ -327,17 +339,20 @@ def prepare(args, enc, out_dir):
                 break
         if fill:  # the last shard, short: not recorded as complete, so a rerun redoes it (and only it)
             write_shard(shard_path(out_dir, k), buf[:fill])
-    print(f"{out_dir}: {k + (fill > 0)} shards, {total:,} tokens ({enc.name}); this run tokenized {ndocs:,} documents")
+    print(f"{out_dir}: {k + (fill > 0)} shards, {total:,} tokens ({enc.name}); "
+          f"this run tokenized {ndocs:,} documents")
     if k + (fill > 0) == 1:
-        print("note: only the validation shard so far: raise --max_tokens or lower --shard_size to get training data")
+        print("note: only the validation shard so far: raise --max_tokens or lower --shard_size "
+              "to get training data")
     return total - first
 
 
 # ---- benchmark ----
 
 def bench(args, enc):
-    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input. prepare() goes
-    first: workers forked from a process that has run encode_ordinary_batch's threads are ~15% slower."""
+    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input.
+    prepare() goes first: workers forked from a process that has run encode_ordinary_batch's threads
+    are ~15% slower."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         ours = prepare(args, enc, tmp) / (time.time() - t0)
@@ -364,7 +379,8 @@ def load_tokenizer(name):
         raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
                    "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
     if enc.n_vocab > 2**16:
-        raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: at most 65,536")
+        raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: "
+                         "at most 65,536")
     return enc
 
 
@@ -386,22 +402,29 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = Parser(prog="prepare_fineweb.py", description="Tokenize FineWeb (or local files) into llm.c token shards.")
-    p.add_argument("--name", default="sample-10BT", help="sample-10BT/100BT/350BT, or a dump like CC-MAIN-2024-10")
-    p.add_argument("--edu", action="store_true", help="HuggingFaceFW/fineweb-edu instead of HuggingFaceFW/fineweb")
-    p.add_argument("--input", nargs="+", metavar="PATH", help="local .parquet/.jsonl(.gz)/.txt files, not the Hub")
+    p = Parser(prog="prepare_fineweb.py",
+               description="Tokenize FineWeb (or local files) into llm.c token shards.")
+    p.add_argument("--name", default="sample-10BT",
+                   help="sample-10BT/100BT/350BT, or a dump like CC-MAIN-2024-10")
+    p.add_argument("--edu", action="store_true",
+                   help="HuggingFaceFW/fineweb-edu instead of HuggingFaceFW/fineweb")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="local .parquet/.jsonl(.gz)/.txt files, not the Hub")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (downloads), PATH.tiktoken (offline) or bytes")
     p.add_argument("--out_dir", help="default data/fineweb10B, or data/edu_fineweb10B with --edu")
     p.add_argument("--shard_size", type=count, default=10**8, help="tokens per shard")
     p.add_argument("--max_tokens", type=count, help="stop after this many tokens, all shards together")
     p.add_argument("--shards", type=count, help="stop after this many shards")
     p.add_argument("--workers", type=count, default=os.cpu_count(), help="tokenizer processes")
-    p.add_argument("--bench", action="store_true", help="print tokens/s of this script and of a one-process loop")
+    p.add_argument("--bench", action="store_true",
+                   help="print tokens/s of this script and of a one-process loop")
     args = p.parse_args(argv)
     if args.shard_size >= 2**31:
         p.error("--shard_size must be below 2^31: the shard header stores the count as an int32")
-    args.limit = min(args.max_tokens or float("inf"), args.shards * args.shard_size if args.shards else float("inf"))
-    dataset = ("edu_" if args.edu else "") + ("fineweb10B" if args.name == "sample-10BT" else f"fineweb_{args.name}")
+    args.limit = min(args.max_tokens or float("inf"),
+                     args.shards * args.shard_size if args.shards else float("inf"))
+    dataset = (("edu_" if args.edu else "")
+               + ("fineweb10B" if args.name == "sample-10BT" else f"fineweb_{args.name}"))
     args.out_dir = args.out_dir or os.path.join("data", dataset)
     return args
 
@@ -424,7 +447,8 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         remove_tmp(args.out_dir)
-        print("\ninterrupted: the complete shards are kept; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: the complete shards are kept; run the same command again to resume",
+              file=sys.stderr)
         return 130
     return 0
 

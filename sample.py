@@ -36,16 +36,19 @@ def model_config(ckpt, out_dir):
         with open(os.path.join(out_dir, "metrics.jsonl")) as f:
             return json.loads(f.readline())["model"]
     except (OSError, ValueError, KeyError):
-        raise UsageError(f"{out_dir}/ckpt.pt predates model_config and {out_dir}/metrics.jsonl does not name the model; "
-                         f"resume the run for one step with a current train.py to rewrite the checkpoint") from None
+        raise UsageError(f"{out_dir}/ckpt.pt predates model_config and {out_dir}/metrics.jsonl "
+                         "does not name the model; resume the run for one step with a current train.py "
+                         "to rewrite the checkpoint") from None
 
 
 def load_model(out_dir, device):
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
-        raise UsageError(f"{path} does not exist; train a run first (python train.py) or point --out_dir at one")
+        raise UsageError(f"{path} does not exist; train a run first (python train.py) "
+                         "or point --out_dir at one")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)  # our own file: it also holds RNG states
+        # our own file: it also holds RNG states
+        ckpt = torch.load(path, map_location=device, weights_only=False)
         model = LLaMA(ModelConfig(**model_config(ckpt, out_dir)))
         model.load_state_dict(ckpt["model"])
     except UsageError:
@@ -56,7 +59,8 @@ def load_model(out_dir, device):
 
 
 def load_tokenizer(meta, path):
-    """The tokenizer named in the run's meta (bytes, gpt2, ...), or the one given; its vocabulary must match."""
+    """The tokenizer named in the run's meta (bytes, gpt2, ...), or the one given; its vocabulary
+    must match."""
     name = path or meta["tokenizer"]
     try:
         enc = get_tokenizer(name)
@@ -65,7 +69,8 @@ def load_tokenizer(meta, path):
         raise UsageError(f"cannot load tokenizer {name!r} ({first_line(e)}){hint}") from None
     if enc.n_vocab != meta["vocab_size"]:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab} tokens, but the run was trained on "
-                         f"{meta['tokenizer']!r} tokens ({meta['vocab_size']}); pass the tokenizer its shards were made with")
+                         f"{meta['tokenizer']!r} tokens ({meta['vocab_size']}); "
+                         "pass the tokenizer its shards were made with")
     return enc
 
 
@@ -84,14 +89,18 @@ def encode_start(enc, start):
 def parse_args(argv):
     p = Parser(prog="sample.py", description="Sample text from a trained run (out_dir/ckpt.pt).")
     p.add_argument("--out_dir", default="out/tiny-adamw", help="the run's directory, holding ckpt.pt")
-    p.add_argument("--start", default="", help="text each sample begins with (after end-of-text); empty = a fresh document")
+    p.add_argument("--start", default="",
+                   help="text each sample begins with (after end-of-text); empty = a fresh document")
     p.add_argument("--num_samples", type=int, default=3, help="samples to draw")
     p.add_argument("--max_new_tokens", type=int, default=200, help="tokens generated per sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; < 1 is more conservative, 0 greedy")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; < 1 is more conservative, 0 greedy")
     p.add_argument("--top_k", type=int, default=50, help="sample only among the k likeliest tokens; 0 = all")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    p.add_argument("--tokenizer", default="", help="bytes, gpt2 or PATH.tiktoken; default: the one the run's data was made with")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = cuda when available")
+    p.add_argument("--tokenizer", default="",
+                   help="bytes, gpt2 or PATH.tiktoken; default: the one the run's data was made with")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when available")
     args = p.parse_args(argv)
     for key in ("num_samples", "max_new_tokens"):
         if getattr(args, key) < 1:
@@ -108,7 +117,8 @@ def parse_args(argv):
 def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+        device = torch.device("cuda" if args.device == "cuda"
+                              or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
         model, meta = load_model(args.out_dir, device)
         enc = load_tokenizer(meta, args.tokenizer)
         prompt = encode_start(enc, args.start)

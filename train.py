@@ -33,10 +33,11 @@ from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
 # the shard format and the tokenizers, also importable from here (train.read_shard, train.get_tokenizer, ...)
-from prepare_fineweb import (Parser, UsageError, build_byte_corpus, get_tokenizer, list_shards, read_meta,  # noqa: F401
-                             read_shard, write_shard)
+from prepare_fineweb import (Parser, UsageError, build_byte_corpus, get_tokenizer, list_shards,  # noqa: F401
+                             read_meta, read_shard, write_shard)
 
-# ---- data: the embedded corpus and the loader (the shard format and tokenizers are prepare_fineweb.py's) ----
+# ---- data: the embedded corpus and the loader ----
+# (the shard format and tokenizers are prepare_fineweb.py's)
 
 
 def build_embedded_corpus(data_dir):
@@ -60,8 +61,9 @@ class Loader:
             self.shard, self.pos = (self.shard + 1) % len(self.files), 0
             self.tokens = read_shard(self.files[self.shard])
             if self.world * B * T + 1 > len(self.tokens):
-                raise ValueError(f"{self.files[self.shard]} holds {len(self.tokens)} tokens, fewer than one step needs "
-                                 f"({self.world * B * T + 1}); lower --batch_size or --seq_len")
+                raise ValueError(f"{self.files[self.shard]} holds {len(self.tokens)} tokens, "
+                                 f"fewer than one step needs ({self.world * B * T + 1}); "
+                                 "lower --batch_size or --seq_len")
         start = self.pos + self.rank * B * T
         buf = torch.from_numpy(self.tokens[start : start + B * T + 1].astype(np.int64))
         self.pos += self.world * B * T
@@ -76,15 +78,16 @@ class Loader:
 
 
 def open_data(cfg, rank, world):
-    """The run's shards (the embedded corpus, built once under data/, if --data is empty), checked up front so that
-    a bad directory or a too-short shard fails now, not at the first step or evaluation."""
+    """The run's shards (the embedded corpus, built once under data/, if --data is empty), checked up
+    front so that a bad directory or a too-short shard fails now, not at the first step or evaluation."""
     data_dir = cfg.data or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pydoc")
     if not cfg.data:
         build_embedded_corpus(data_dir)
     meta = read_meta(data_dir)
     train_files, val_files = list_shards(data_dir, "train"), list_shards(data_dir, "val")
     if not (train_files and val_files):
-        raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; make them with prepare_fineweb.py")
+        raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; "
+                         "make them with prepare_fineweb.py")
     try:
         for files in (train_files, val_files):
             Loader(files, cfg.batch_size, cfg.seq_len, rank, world).next_batch()
@@ -94,12 +97,13 @@ def open_data(cfg, rank, world):
 
 
 def sample_tokenizer(meta):
-    """The data's tokenizer, to print samples with; None (and a note) if it cannot be loaded, e.g. GPT-2 shards
-    offline: training never needed the ranks file, so it goes on without samples."""
+    """The data's tokenizer, to print samples with; None (and a note) if it cannot be loaded, e.g.
+    GPT-2 shards offline: training never needed the ranks file, so it goes on without samples."""
     try:
         return get_tokenizer(meta["tokenizer"])
     except Exception as e:
-        print(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})", flush=True)
+        print(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})",
+              flush=True)
         return None
 
 # ---- config and command line ----
@@ -147,14 +151,17 @@ class TrainConfig:
     stop_after: int = 0               # end after this many steps of this invocation, with a checkpoint; 0 = run to max_steps
 
 
-NESTED = {"llr": "llr_config", "lanton": "lanton_config"}  # --llr_interval=40 sets cfg.llr_config.interval
+# --llr_interval=40 sets cfg.llr_config.interval
+NESTED = {"llr": "llr_config", "lanton": "lanton_config"}
 CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
-           "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"), "preset": tuple(PRESETS)}
+           "optimizer": ("adamw", "muon"), "muon_adjust_lr": ("original", "match_rms_adamw"),
+           "preset": tuple(PRESETS)}
 
 
 def field_docs(cls):
-    """{field: (section, comment)} read from a config dataclass's source: a comment line opens a section, a
-    field's trailing comment is its help. The config stays one readable block and --help cannot drift from it."""
+    """{field: (section, comment)} read from a config dataclass's source: a comment line opens a section,
+    a field's trailing comment is its help. The config stays one readable block and --help cannot drift
+    from it."""
     section, docs = "", {}
     for line in inspect.getsource(cls).splitlines()[2:]:
         code, _, comment = (x.strip() for x in line.partition("#"))
@@ -176,8 +183,10 @@ def parse_bool(text):
 
 
 def build_parser():
-    """argparse options generated from TrainConfig and the nested method configs, grouped by the config's sections."""
-    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    """argparse options generated from TrainConfig and the nested method configs, grouped by the
+    config's sections."""
+    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               allow_abbrev=False)
     sections, docs = {}, field_docs(TrainConfig)
 
     def add(name, typ, default, section, comment):
@@ -185,7 +194,8 @@ def build_parser():
         kw = dict(type=parse_bool, nargs="?", const=True, metavar="BOOL") if typ is bool else dict(type=typ)
         if typ is not bool and name not in CHOICES:
             kw["metavar"] = typ.__name__.upper()
-        group.add_argument(f"--{name}", default=argparse.SUPPRESS, choices=CHOICES.get(name), help=f"{comment} (default: {default!r})".replace("%", "%%"), **kw)
+        group.add_argument(f"--{name}", default=argparse.SUPPRESS, choices=CHOICES.get(name),
+                           help=f"{comment} (default: {default!r})".replace("%", "%%"), **kw)
 
     for f in dataclasses.fields(TrainConfig):
         if f.name in NESTED.values():
@@ -219,11 +229,13 @@ def check_config(cfg):
     """Reject bad values early with a message naming the key and what is allowed."""
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise UsageError(f"--{key}={getattr(cfg, key)} is not allowed; choose one of {', '.join(allowed)}")
+            raise UsageError(f"--{key}={getattr(cfg, key)} is not allowed; "
+                             f"choose one of {', '.join(allowed)}")
     for key in ("max_steps", "batch_size", "seq_len", "eval_steps", "log_interval"):
         if getattr(cfg, key) <= 0:
             raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after", "sample_tokens"):
+    for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after",
+                "sample_tokens"):
         if getattr(cfg, key) < 0:
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
     if not (cfg.lr > 0 and cfg.muon_lr > 0):
@@ -233,22 +245,27 @@ def check_config(cfg):
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise UsageError(f"--min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if cfg.warmup_steps >= cfg.max_steps:
-        raise UsageError(f"--warmup_steps={cfg.warmup_steps} must be smaller than --max_steps={cfg.max_steps}")
+        raise UsageError(f"--warmup_steps={cfg.warmup_steps} must be smaller than "
+                         f"--max_steps={cfg.max_steps}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device=cuda but no CUDA device is available; use --device=cpu")
     if cfg.data and not os.path.isdir(cfg.data):
-        raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py or leave --data out")
+        raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py "
+                         "or leave --data out")
 
 
 def resolve(cfg):
-    """The config as logged and checkpointed (warmup_steps and out_dir resolved), checked against out_dir's contents."""
+    """The config as logged and checkpointed (warmup_steps and out_dir resolved), checked against
+    out_dir's contents."""
     check_config(cfg)
     warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else cfg.max_steps // 10
-    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}" + "-llr" * cfg.llr + "-lanton" * cfg.lanton)
+    out_dir = cfg.out_dir or os.path.join("out", f"{cfg.preset}-{cfg.optimizer}"
+                                          + "-llr" * cfg.llr + "-lanton" * cfg.lanton)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if cfg.resume and not os.path.exists(ckpt_path):
         raise UsageError(f"--resume but {ckpt_path} does not exist; drop --resume to start a new run")
-    if not cfg.resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out_dir, "metrics.jsonl"))):
+    if not cfg.resume and (os.path.exists(ckpt_path)
+                           or os.path.exists(os.path.join(out_dir, "metrics.jsonl"))):
         raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it, or another --out_dir")
     return dataclasses.replace(cfg, out_dir=out_dir, warmup_steps=warmup)
 
@@ -258,7 +275,8 @@ def resolve(cfg):
 
 def compute_init(cfg):
     """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
-    rank, world, local = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    rank, world, local = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                          int(os.environ.get("LOCAL_RANK", 0)))
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
@@ -291,21 +309,25 @@ def lr_mult(step, cfg):
 def build_optimizers(model, cfg, fused):
     """One param group per tensor (param_groups) so layerwise multipliers can act on each matrix."""
     groups = param_groups(model, cfg.weight_decay)
-    role = roles(model)  # hidden matrices go to Muon; embedding, head and vectors to AdamW (the rule LLR uses too)
+    # hidden matrices go to Muon; embedding, head and vectors to AdamW (the rule LLR uses too)
+    role = roles(model)
     muon = [g for g in groups if role[id(g["params"][0])] == "hidden"] if cfg.optimizer == "muon" else []
     adamw = [g for g in groups if not any(g is m for m in muon)]
     covered = [id(p) for g in muon + adamw for p in g["params"]]
-    assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in exactly one group"
+    assert sorted(covered) == sorted(id(p) for p in model.parameters()), \
+        "every parameter in exactly one group"
     opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), cfg.lr)]
     if muon:
-        opts.append((Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr=cfg.muon_adjust_lr), cfg.muon_lr))
+        opts.append((Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                          adjust_lr=cfg.muon_adjust_lr), cfg.muon_lr))
     return opts  # (optimizer, its peak lr)
 
 
 def save_checkpoint(path, state, **info):
     """state: {key: an object with state_dict(), or a list of them}; info: plain values (step, config, ...).
     With load_checkpoint, the one place that knows a checkpoint's layout."""
-    ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict() for k, v in state.items()}
+    ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict()
+            for k, v in state.items()}
     tmp = path + ".tmp"
     torch.save({**ckpt, "rng": rng_state(), **info}, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken ckpt.pt
@@ -317,11 +339,12 @@ def load_checkpoint(path, state, cfg, meta, device):
     try:
         ckpt = torch.load(path, map_location=device)
     except pickle.UnpicklingError:
-        raise UsageError(f"{path} was written by an older train.py (numpy RNG state, loads only with weights_only=False); "
-                         f"finish it with that version, or start a new run in another --out_dir") from None
+        raise UsageError(f"{path} was written by an older train.py (numpy RNG state, loads only with "
+                         "weights_only=False); finish it with that version, or start a new run in "
+                         "another --out_dir") from None
     if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
-        raise UsageError(f"--data holds {meta['tokenizer']} tokens but {path} was trained on {ckpt['meta']['tokenizer']} "
-                         f"tokens; point --data at shards of the same tokenizer")
+        raise UsageError(f"--data holds {meta['tokenizer']} tokens but {path} was trained on "
+                         f"{ckpt['meta']['tokenizer']} tokens; point --data at shards of the same tokenizer")
     diff = [f"--{k}={ckpt['config'].get(k)} (now {v})" for k, v in dataclasses.asdict(cfg).items()
             if k not in RUN_ONLY and ckpt["config"].get(k) != v]
     if diff:
@@ -334,9 +357,11 @@ def load_checkpoint(path, state, cfg, meta, device):
 
 
 def rng_state():
-    # tensors and plain numbers only, so that torch.load(path) loads a checkpoint with its default weights_only=True
+    # tensors and plain numbers only, so that torch.load(path) loads a checkpoint with its default
+    # weights_only=True
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    return {"torch": torch.get_rng_state(),
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
@@ -349,13 +374,14 @@ def set_rng_state(state):
 
 
 # settings a resumed run may change; every other setting must match its checkpoint's
-RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device", "out_dir", "sample_tokens")
+RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device",
+            "out_dir", "sample_tokens")
 
 
 class Metrics:
-    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only. A run that fails before its first step
-    calls close(discard=True) to take back what it wrote: its lines, and out_dir if it made it (no checkpoint exists
-    yet, and another run's files are never touched)."""
+    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only. A run that fails before
+    its first step calls close(discard=True) to take back what it wrote: its lines, and out_dir if it
+    made it (no checkpoint exists yet, and another run's files are never touched)."""
 
     def __init__(self, out_dir, append, master):
         self.out_dir, self.path, self.file = out_dir, os.path.join(out_dir, "metrics.jsonl"), None
@@ -385,8 +411,8 @@ class Metrics:
 
 @contextmanager
 def stop_signals():
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) are noted in the yielded list instead of raised, so that the loop
-    finishes its step, writes a checkpoint and exits. (Signals reach only the main thread.)"""
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) are noted in the yielded list instead of raised, so
+    that the loop finishes its step, writes a checkpoint and exits. (Signals reach only the main thread.)"""
     caught, old = [], {}
 
     def note(signum, frame):
@@ -403,9 +429,11 @@ def stop_signals():
 
 def run_record(cfg, model, device, world, step, meta):
     """The first line of metrics.jsonl (and of each resume): what runs, on what, from which step."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "tiktoken": tiktoken.__version__}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                "tiktoken": tiktoken.__version__}
     return {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg), "versions": versions,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else platform.processor() or "cpu"),
             "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
 
 
@@ -427,12 +455,14 @@ def decode(enc, ids):
 
 
 def sample_text(model, enc, n_tokens, seed, amp):
-    """n_tokens sampled from the start of a document (end-of-text, as before every document of the shards),
-    with a generator of its own: the same random stream at every evaluation, and the training RNG untouched."""
+    """n_tokens sampled from the start of a document (end-of-text, as before every document of the
+    shards), with a generator of its own: the same random stream at every evaluation, and the training
+    RNG untouched."""
     device = model.lm_head.weight.device
     idx = torch.tensor([[enc.eot_token]], device=device)
     with amp:
-        out = model.generate(idx, n_tokens, temperature=0.8, top_k=50, generator=torch.Generator(device=device).manual_seed(seed))
+        out = model.generate(idx, n_tokens, temperature=0.8, top_k=50,
+                             generator=torch.Generator(device=device).manual_seed(seed))
     return decode(enc, out[0, 1:].tolist())
 
 # ---- the training loop ----
@@ -447,7 +477,8 @@ def train(cfg):
     B, T = cfg.batch_size, cfg.seq_len
     total = cfg.total_batch_tokens or B * T * world  # tokens per optimizer step
     if total % (B * T * world):
-        raise UsageError(f"--total_batch_tokens={total} must be a multiple of batch_size*seq_len*processes={B * T * world}")
+        raise UsageError(f"--total_batch_tokens={total} must be a multiple of "
+                         f"batch_size*seq_len*processes={B * T * world}")
     accum = total // (B * T * world)  # gradient accumulation steps
     data_dir, meta, train_files, val_files = open_data(cfg, rank, world)
     train_loader = Loader(train_files, B, T, rank, world)
@@ -461,22 +492,26 @@ def train(cfg):
         controllers["llr"] = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)
     if cfg.lanton:
         controllers["lanton"] = LANTON(model, [o for o, _ in optimizers], cfg.lanton_config)
-    state = {"model": model, "optimizers": [o for o, _ in optimizers], **controllers, "loader": train_loader}  # checkpointed
+    # checkpointed
+    state = {"model": model, "optimizers": [o for o, _ in optimizers], **controllers, "loader": train_loader}
     step = load_checkpoint(ckpt_path, state, cfg, meta, device) if cfg.resume else 0
     fwd = torch.compile(model) if cfg.compile else model
     if world > 1:
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16}[cfg.dtype]
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
     flops_peak = peak_flops(device)
 
-    print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | {cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
+    print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | "
+           f"{cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
     enc = sample_tokenizer(meta) if master and cfg.sample_tokens else None
     seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what evaluations add to training, timed
 
     def evaluate():
-        """Validation loss, the Hill alpha of every matrix and (rank 0) a sample; the last two timed as overhead."""
+        """Validation loss, the Hill alpha of every matrix and (rank 0) a sample; the last two timed as
+        overhead."""
         model.eval()
         loader, loss = Loader(val_files, B, T, rank, world), torch.zeros((), device=device)
         with torch.no_grad():
@@ -489,7 +524,8 @@ def train(cfg):
             dist.all_reduce(loss)
         t0 = time.perf_counter()
         spectra = alphas(model)  # for every run, LLR or not (a collective under DDP)
-        record = {"step": step, "val_loss": loss.item() / world, "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
+        record = {"step": step, "val_loss": loss.item() / world,
+                  "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
         t1 = time.perf_counter()
         seconds["alphas"] += t1 - t0
         if enc:
@@ -504,17 +540,20 @@ def train(cfg):
         try:
             while True:
                 at_interval = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
-                last_step = step == cfg.max_steps or stopping or (cfg.stop_after > 0 and step - start == cfg.stop_after)
+                last_step = (step == cfg.max_steps or stopping
+                             or (cfg.stop_after > 0 and step - start == cfg.stop_after))
                 # evaluate at every interval and at the end, but not again at the step a run resumes from
                 if step == cfg.max_steps or (at_interval and not (cfg.resume and step == start)):
                     record = evaluate()
                     val_loss = record["val_loss"]
-                    print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}" + (f" | sample {record['sample']!r}" if enc else ""))
+                    print0(f"step {step}/{cfg.max_steps} | val loss {val_loss:.4f}"
+                           + (f" | sample {record['sample']!r}" if enc else ""))
                     metrics.write(record)
                 # checkpoint at every interval and on the way out
                 if master and step > start and (at_interval or last_step):
                     save_checkpoint(ckpt_path, state, step=step, config=dataclasses.asdict(cfg), meta=meta,
-                                    model_config=dataclasses.asdict(mcfg))  # sample.py rebuilds the model from it
+                                    # sample.py rebuilds the model from it
+                                    model_config=dataclasses.asdict(mcfg))
                 if last_step:
                     break
 
@@ -525,19 +564,23 @@ def train(cfg):
                     if world > 1:  # all-reduce gradients only on the last micro-batch
                         fwd.require_backward_grad_sync = micro == accum - 1
                     with amp:
-                        loss = fwd(x.to(device, non_blocking=True), y.to(device, non_blocking=True))[1] / accum
+                        loss = fwd(x.to(device, non_blocking=True),
+                                   y.to(device, non_blocking=True))[1] / accum
                     loss_sum += loss.detach().float()
                     loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
                 # one collective a step: the mean loss over processes, and whether any of them was signalled
-                red = torch.stack([loss_sum, norm.float(), torch.tensor(float(bool(signalled)), device=device)])
+                red = torch.stack([loss_sum, norm.float(),
+                                   torch.tensor(float(bool(signalled)), device=device)])
                 if world > 1:
                     dist.all_reduce(red)
                 loss_val, norm_val, stopping = red[0].item() / world, red[1].item() / world, red[2].item() > 0
                 if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-                    raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} at step {step}; "
-                                             f"the last good checkpoint in {out_dir} is kept; try a lower --lr")
-                # the one place where learning rates are set: the schedule, times each layerwise method's lr_scale
+                    raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} "
+                                             f"at step {step}; the last good checkpoint in {out_dir} "
+                                             "is kept; try a lower --lr")
+                # the one place where learning rates are set: the schedule, times each layerwise
+                # method's lr_scale
                 mult = lr_mult(step, cfg)
                 for opt, peak in optimizers:
                     for group in opt.param_groups:
@@ -559,11 +602,13 @@ def train(cfg):
                 train_time += dt
                 step += 1
                 lr0 = cfg.lr * mult  # the base learning rate of this step
-                metrics.write({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val, "ms": 1000 * dt})
+                metrics.write({"step": step, "loss": loss_val, "lr": lr0, "grad_norm": norm_val,
+                               "ms": 1000 * dt})
                 if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                    mfu = f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%" if flops_peak else ""
-                    print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | norm {norm_val:.2f} | "
-                           f"{1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
+                    mfu = (f" | mfu {100 * model.estimate_mfu(total / world / dt, T, flops_peak):.1f}%"
+                           if flops_peak else "")
+                    print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | "
+                           f"norm {norm_val:.2f} | {1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
         except BaseException:
             metrics.close(discard=step == start)  # failed before its first step: leave out_dir as we found it
             raise
@@ -571,14 +616,16 @@ def train(cfg):
             metrics.close()
             compute_cleanup()
 
-    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time, "out_dir": out_dir,
-               "interrupted": signalled[0] if signalled else None, "model": model}
+    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time,
+               "out_dir": out_dir, "interrupted": signalled[0] if signalled else None, "model": model}
     overhead = ""
-    # time inside the layerwise methods, and what evaluations add (alphas, samples), as shares of training time
+    # time inside the layerwise methods, and what evaluations add (alphas, samples), as shares of
+    # training time
     for what, s in ({m: c.seconds for m, c in controllers.items()} | seconds).items():
         summary[f"{what}_seconds"], summary[f"{what}_fraction"] = s, s / max(train_time, 1e-9)
         overhead += f", {what} {s:.2f}s ({100 * summary[f'{what}_fraction']:.1f}%)"
-    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, {train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
+    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+           f"{train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
     return summary
 
 
