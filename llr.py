@@ -142,14 +142,14 @@ def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
 
 @dataclass
 class LLRConfig:
-    interval: int = 0           # recompute alphas every this many steps; 0 = total_steps // 80 (the paper: 40 of 3,200)
-    ramp: int = -1              # steps to glide to a new multiplier; 0 = hard switching; -1 = interval // 2 (paper: 20)
+    interval: int = 0           # recompute every this many steps; 0 = total_steps // 80 (paper: 40 of 3,200)
+    ramp: int = -1              # steps to glide to a new multiplier; 0 = hard switch; -1 = interval // 2
     window: float = 0.2         # recompute only while step <= window * total_steps, then freeze
     r_min: float = 1.0          # multiplier of the heaviest-tailed (smallest alpha) matrix
     r_max: float = 3.0          # multiplier of the lightest-tailed matrix (1B scripts use 5)
     xmin_pos: float = 2.0       # Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median
     embed_head: str = "rmax"    # 'rmax': embedding and LM head get r_max (published); 'one': keep 1
-    mean_one: bool = False      # divide all multipliers by their parameter-weighted mean (a control, not in the paper)
+    mean_one: bool = False      # divide multipliers by their parameter-weighted mean (a control)
 
     def __post_init__(self):
         checks = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),

@@ -127,7 +127,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1         # cosine decays to min_lr_ratio * lr
     warmup_steps: int = -1            # linear warmup; -1 = 10% of max_steps
     beta1: float = 0.9                # AdamW first-moment decay
-    beta2: float = 0.95               # AdamW second-moment decay (the paper's code runs torch's default, 0.999)
+    beta2: float = 0.95               # AdamW second-moment decay (the paper's code: torch's 0.999)
     weight_decay: float = 0.1         # decoupled, on 2-D weights only
     grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
     muon_lr: float = 0.02             # Muon peak learning rate
@@ -136,19 +136,19 @@ class TrainConfig:
     llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
     llr_config: LLRConfig = field(default_factory=LLRConfig)
     # LANTON (arXiv 2510.14009); --lanton_<field> sets that field of lanton.LANTONConfig
-    lanton: bool = False              # layerwise learning rates from each layer's gradient noise (with --llr: their product)
+    lanton: bool = False              # LRs from each layer's gradient noise (with --llr: their product)
     lanton_config: LANTONConfig = field(default_factory=LANTONConfig)
     # run
-    out_dir: str = ""                 # checkpoint and metrics.jsonl; empty = out/<preset>-<optimizer>[-llr][-lanton]
+    out_dir: str = ""                 # run directory; empty = out/<preset>-<optimizer>[-llr][-lanton]
     device: str = "auto"              # auto | cpu | cuda
     dtype: str = "auto"               # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
     compile: bool = False             # torch.compile the model
     eval_interval: int = 100          # evaluate and checkpoint every this many steps (and at the end)
     eval_steps: int = 10              # validation batches per evaluation
     log_interval: int = 10            # console line every this many steps
-    sample_tokens: int = 64           # at each evaluation rank 0 prints and logs a sample this many tokens long; 0 = off
+    sample_tokens: int = 64           # length of the sample printed and logged at each evaluation; 0 = off
     resume: bool = False              # continue from out_dir/ckpt.pt
-    stop_after: int = 0               # end after this many steps of this invocation, with a checkpoint; 0 = run to max_steps
+    stop_after: int = 0               # end this invocation after this many steps, with a checkpoint; 0 = off
 
 
 # --llr_interval=40 sets cfg.llr_config.interval
@@ -252,6 +252,16 @@ def check_config(cfg):
     if cfg.data and not os.path.isdir(cfg.data):
         raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py "
                          "or leave --data out")
+
+
+def step_tokens(cfg, world):
+    """Tokens per optimizer step, and the gradient accumulation steps that make them up."""
+    per_step = cfg.batch_size * cfg.seq_len * world  # one micro-batch on every process
+    total = cfg.total_batch_tokens or per_step
+    if total % per_step:
+        raise UsageError(f"--total_batch_tokens={total} must be a multiple of "
+                         f"batch_size*seq_len*processes={per_step}")
+    return total, total // per_step
 
 
 def resolve(cfg):
@@ -475,11 +485,7 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     out_dir, ckpt_path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     B, T = cfg.batch_size, cfg.seq_len
-    total = cfg.total_batch_tokens or B * T * world  # tokens per optimizer step
-    if total % (B * T * world):
-        raise UsageError(f"--total_batch_tokens={total} must be a multiple of "
-                         f"batch_size*seq_len*processes={B * T * world}")
-    accum = total // (B * T * world)  # gradient accumulation steps
+    total, accum = step_tokens(cfg, world)
     data_dir, meta, train_files, val_files = open_data(cfg, rank, world)
     train_loader = Loader(train_files, B, T, rank, world)
 
@@ -492,15 +498,13 @@ def train(cfg):
         controllers["llr"] = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)
     if cfg.lanton:
         controllers["lanton"] = LANTON(model, [o for o, _ in optimizers], cfg.lanton_config)
-    # checkpointed
     state = {"model": model, "optimizers": [o for o, _ in optimizers], **controllers, "loader": train_loader}
     step = load_checkpoint(ckpt_path, state, cfg, meta, device) if cfg.resume else 0
     fwd = torch.compile(model) if cfg.compile else model
     if world > 1:
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16}[cfg.dtype]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     flops_peak = peak_flops(device)
 
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | "
@@ -552,8 +556,7 @@ def train(cfg):
                 # checkpoint at every interval and on the way out
                 if master and step > start and (at_interval or last_step):
                     save_checkpoint(ckpt_path, state, step=step, config=dataclasses.asdict(cfg), meta=meta,
-                                    # sample.py rebuilds the model from it
-                                    model_config=dataclasses.asdict(mcfg))
+                                    model_config=dataclasses.asdict(mcfg))  # for sample.py, export_hf.py
                 if last_step:
                     break
 
@@ -579,8 +582,7 @@ def train(cfg):
                     raise FloatingPointError(f"non-finite loss {loss_val} or grad norm {norm_val} "
                                              f"at step {step}; the last good checkpoint in {out_dir} "
                                              "is kept; try a lower --lr")
-                # the one place where learning rates are set: the schedule, times each layerwise
-                # method's lr_scale
+                # the one place where learning rates are set: the schedule x each layerwise method's lr_scale
                 mult = lr_mult(step, cfg)
                 for opt, peak in optimizers:
                     for group in opt.param_groups:
@@ -616,14 +618,14 @@ def train(cfg):
             metrics.close()
             compute_cleanup()
 
+    # time inside the layerwise methods and what evaluations add (alphas, samples), also as shares
+    seconds = {m: c.seconds for m, c in controllers.items()} | seconds
+    share = {what: s / max(train_time, 1e-9) for what, s in seconds.items()}
     summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time,
                "out_dir": out_dir, "interrupted": signalled[0] if signalled else None, "model": model}
-    overhead = ""
-    # time inside the layerwise methods, and what evaluations add (alphas, samples), as shares of
-    # training time
-    for what, s in ({m: c.seconds for m, c in controllers.items()} | seconds).items():
-        summary[f"{what}_seconds"], summary[f"{what}_fraction"] = s, s / max(train_time, 1e-9)
-        overhead += f", {what} {s:.2f}s ({100 * summary[f'{what}_fraction']:.1f}%)"
+    summary |= {f"{w}_seconds": s for w, s in seconds.items()}
+    summary |= {f"{w}_fraction": f for w, f in share.items()}
+    overhead = "".join(f", {w} {seconds[w]:.2f}s ({100 * share[w]:.1f}%)" for w in seconds)
     print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
            f"{train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
     return summary
