@@ -106,16 +106,8 @@ def code_fingerprint():
 
 
 def command(cfg):
-    """The train.py command line of a config: every setting that differs from train.py's defaults."""
-    args = []
-    for f in dataclasses.fields(cfg):
-        v, d = getattr(cfg, f.name), getattr(T.TrainConfig(), f.name)
-        if f.name in T.NESTED.values():
-            prefix = next(k for k, a in T.NESTED.items() if a == f.name)
-            args += [f"--{prefix}_{g.name}={getattr(v, g.name)}" for g in dataclasses.fields(v) if getattr(v, g.name) != getattr(d, g.name)]
-        elif v != d and f.name not in ("out_dir", "log_interval"):
-            args.append(f"--{f.name}" if v is True else f"--{f.name}={v}")
-    return "python train.py " + " ".join(args)
+    """The train.py command that makes a run from scratch (out_dir and console cadence left to the user)."""
+    return T.command_line(dataclasses.replace(cfg, out_dir="", log_interval=T.TrainConfig.log_interval))
 
 
 def run_once(cfg, ctx):

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -264,6 +265,19 @@ def test_short_training_shard_is_a_usage_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "x_train_000001.bin holds 100 tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    T.write_shard(str(data / "x_train_000000.bin"), np.arange(1000) % 256)  # now the short shard comes second
+    r = run_cli(f"--data={data}", f"--out_dir={tmp_path}/o", "--batch_size=4", "--seq_len=32", cwd=tmp_path)
+    assert r.returncode == 2 and "x_train_000001.bin holds 100 tokens" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_command_line_is_the_inverse_of_parse_args():
+    cfg = T.TrainConfig(data="my data", lr=1e-3, compile=True, optimizer="muon", llr=True,
+                        llr_config=T.LLRConfig(interval=17, mean_one=True), lanton_config=T.LANTONConfig(every=5))
+    line = T.command_line(cfg)
+    assert line.startswith("python train.py ") and "--llr_interval=17" in line and "--preset" not in line
+    assert T.parse_args(shlex.split(line)[2:]) == cfg
+    assert T.command_line(T.TrainConfig()) == "python train.py"
 
 
 def test_failure_before_the_first_step_leaves_out_dir_as_found(tmp_path, data_dir, monkeypatch):

@@ -16,6 +16,7 @@ import os
 import pickle
 import platform
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -77,7 +78,7 @@ class Loader:
         self.tokens = read_shard(self.files[self.shard])
 
 
-def open_data(cfg, rank, world):
+def open_data(cfg, world):
     """The run's shards (the embedded corpus, built once under data/, if --data is empty), checked up
     front so that a bad directory or a too-short shard fails now, not at the first step or evaluation."""
     data_dir = cfg.data or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pydoc")
@@ -88,11 +89,15 @@ def open_data(cfg, rank, world):
     if not (train_files and val_files):
         raise UsageError(f"{data_dir} needs *_train_*.bin and *_val_*.bin shards; "
                          "make them with prepare_fineweb.py")
-    try:
-        for files in (train_files, val_files):
-            Loader(files, cfg.batch_size, cfg.seq_len, rank, world).next_batch()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    need = world * cfg.batch_size * cfg.seq_len + 1  # one step of every process, and its last target
+    for path in train_files + val_files:  # headers only: shards are memory-mapped
+        try:
+            n = len(read_shard(path))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if n < need:
+            raise UsageError(f"{path} holds {n} tokens, fewer than one step needs ({need}); "
+                             "lower --batch_size or --seq_len")
     return data_dir, meta, train_files, val_files
 
 
@@ -223,6 +228,20 @@ def parse_args(argv):
         except ValueError as e:
             raise UsageError(str(e)) from None
     return cfg
+
+
+def command_line(cfg):
+    """The inverse of parse_args: the train.py command of a config, naming every setting not at its default."""
+    args, default = [], TrainConfig()
+    for f in dataclasses.fields(cfg):
+        value, prefix = getattr(cfg, f.name), next((k for k, a in NESTED.items() if a == f.name), None)
+        if prefix:  # a nested config: --llr_interval=17
+            sub, sub_default = value, getattr(default, f.name)
+            args += [f"--{prefix}_{g.name}={getattr(sub, g.name)}" for g in dataclasses.fields(sub)
+                     if getattr(sub, g.name) != getattr(sub_default, g.name)]
+        elif value != getattr(default, f.name):
+            args.append(f"--{f.name}" if value is True else f"--{f.name}={value}")
+    return shlex.join(["python", "train.py", *args])
 
 
 def check_config(cfg):
@@ -486,7 +505,7 @@ def train(cfg):
     out_dir, ckpt_path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
     B, T = cfg.batch_size, cfg.seq_len
     total, accum = step_tokens(cfg, world)
-    data_dir, meta, train_files, val_files = open_data(cfg, rank, world)
+    data_dir, meta, train_files, val_files = open_data(cfg, world)
     train_loader = Loader(train_files, B, T, rank, world)
 
     # model, optimizers and the layerwise methods (each writes group['lr_scale']); `model` is the bare module
