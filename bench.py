@@ -194,7 +194,8 @@ def studies(args):
                          "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True)),
                          "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE)})
     yield dict(name="tiny-adamw-official", base=lambda found: base("tiny", beta2=0.999, grad_clip=0.0), knob="lr",
-               grid=GRIDS["lr"], variants={"LLR": llr_})
+               grid=GRIDS["lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
+                                           "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
     yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"], base=lambda found: base("tiny", optimizer="muon", lanton=True, lr=found["tiny-adamw"]),
                knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
     yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
