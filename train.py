@@ -231,7 +231,7 @@ def parse_args(argv):
 
 
 def command_line(cfg):
-    """The inverse of parse_args: the train.py command of a config, naming every setting not at its default."""
+    """The inverse of parse_args: the train.py command of a config, naming each setting off its default."""
     args, default = [], TrainConfig()
     for f in dataclasses.fields(cfg):
         value, prefix = getattr(cfg, f.name), next((k for k, a in NESTED.items() if a == f.name), None)
@@ -512,12 +512,12 @@ def train(cfg):
     mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
     model = LLaMA(mcfg).to(device)
     optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
-    controllers = {}
+    opts, controllers = [o for o, _ in optimizers], {}
     if cfg.llr:
-        controllers["llr"] = LLR(model, [o for o, _ in optimizers], cfg.max_steps, cfg.llr_config)
+        controllers["llr"] = LLR(model, opts, cfg.max_steps, cfg.llr_config)
     if cfg.lanton:
-        controllers["lanton"] = LANTON(model, [o for o, _ in optimizers], cfg.lanton_config)
-    state = {"model": model, "optimizers": [o for o, _ in optimizers], **controllers, "loader": train_loader}
+        controllers["lanton"] = LANTON(model, opts, cfg.lanton_config)
+    state = {"model": model, "optimizers": opts, **controllers, "loader": train_loader}
     step = load_checkpoint(ckpt_path, state, cfg, meta, device) if cfg.resume else 0
     fwd = torch.compile(model) if cfg.compile else model
     if world > 1:
