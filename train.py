@@ -111,9 +111,8 @@ def sample_tokenizer(meta):
               flush=True)
         return None
 
+
 # ---- config and command line ----
-
-
 
 
 @dataclass
@@ -497,6 +496,34 @@ def sample_text(model, enc, n_tokens, seed, amp):
 # ---- the training loop ----
 
 
+def estimate_loss(fwd, files, cfg, rank, world, device, amp):
+    """Mean loss over eval_steps batches from the start of a split, averaged over processes."""
+    loader, loss = Loader(files, cfg.batch_size, cfg.seq_len, rank, world), torch.zeros((), device=device)
+    with torch.no_grad():
+        for _ in range(cfg.eval_steps):
+            x, y = loader.next_batch()
+            with amp:
+                loss += fwd(x.to(device), y.to(device))[1].float() / cfg.eval_steps
+    if world > 1:
+        dist.all_reduce(loss)
+    return loss.item() / world
+
+
+def summarize(step, train_loss, val_loss, train_time, seconds, out_dir, **info):
+    """train()'s return value and last console line: the losses, and the time inside the layerwise
+    methods and what evaluations add (alphas, samples), also as shares of the training time."""
+    share = {what: s / max(train_time, 1e-9) for what, s in seconds.items()}
+    summary = {"step": step, "train_loss": train_loss, "val_loss": val_loss, "train_seconds": train_time,
+               "out_dir": out_dir, **info}
+    summary |= {f"{w}_seconds": s for w, s in seconds.items()}
+    summary |= {f"{w}_fraction": f for w, f in share.items()}
+    overhead = "".join(f", {w} {seconds[w]:.2f}s ({100 * share[w]:.1f}%)" for w in seconds)
+    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+           f"{train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
+    return summary
+
+
+
 def train(cfg):
     cfg = resolve(cfg)
     rank, world, device = compute_init(cfg)
@@ -536,19 +563,11 @@ def train(cfg):
         """Validation loss, the Hill alpha of every matrix and (rank 0) a sample; the last two timed as
         overhead."""
         model.eval()
-        loader, loss = Loader(val_files, B, T, rank, world), torch.zeros((), device=device)
-        with torch.no_grad():
-            for _ in range(cfg.eval_steps):
-                x, y = loader.next_batch()
-                with amp:
-                    loss += fwd(x.to(device), y.to(device))[1].float() / cfg.eval_steps
+        record = {"step": step, "val_loss": estimate_loss(fwd, val_files, cfg, rank, world, device, amp)}
         model.train()
-        if world > 1:
-            dist.all_reduce(loss)
         t0 = time.perf_counter()
         spectra = alphas(model)  # for every run, LLR or not (a collective under DDP)
-        record = {"step": step, "val_loss": loss.item() / world,
-                  "alphas": {n: a if math.isfinite(a) else None for n, a in spectra.items()}}
+        record["alphas"] = {n: a if math.isfinite(a) else None for n, a in spectra.items()}
         t1 = time.perf_counter()
         seconds["alphas"] += t1 - t0
         if enc:
@@ -582,12 +601,11 @@ def train(cfg):
                 t0 = time.perf_counter()
                 loss_sum = torch.zeros((), device=device)
                 for micro in range(accum):
-                    x, y = train_loader.next_batch()
+                    x, y = (t.to(device, non_blocking=True) for t in train_loader.next_batch())
                     if world > 1:  # all-reduce gradients only on the last micro-batch
                         fwd.require_backward_grad_sync = micro == accum - 1
                     with amp:
-                        loss = fwd(x.to(device, non_blocking=True),
-                                   y.to(device, non_blocking=True))[1] / accum
+                        loss = fwd(x, y)[1] / accum
                     loss_sum += loss.detach().float()
                     loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -637,17 +655,9 @@ def train(cfg):
             metrics.close()
             compute_cleanup()
 
-    # time inside the layerwise methods and what evaluations add (alphas, samples), also as shares
     seconds = {m: c.seconds for m, c in controllers.items()} | seconds
-    share = {what: s / max(train_time, 1e-9) for what, s in seconds.items()}
-    summary = {"step": step, "train_loss": loss_val, "val_loss": val_loss, "train_seconds": train_time,
-               "out_dir": out_dir, "interrupted": signalled[0] if signalled else None, "model": model}
-    summary |= {f"{w}_seconds": s for w, s in seconds.items()}
-    summary |= {f"{w}_fraction": f for w, f in share.items()}
-    overhead = "".join(f", {w} {seconds[w]:.2f}s ({100 * share[w]:.1f}%)" for w in seconds)
-    print0(f"done at step {step}: val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
-           f"{train_time:.1f}s training{overhead}; checkpoint in {out_dir}")
-    return summary
+    return summarize(step, loss_val, val_loss, train_time, seconds, out_dir,
+                     interrupted=signalled[0] if signalled else None, model=model)
 
 
 def main(argv=None):
