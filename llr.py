@@ -8,19 +8,15 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
     for step in range(max_steps):
         ...                                                     # forward, backward
         info = ctrl.step(step)                                  # sets group['lr_scale'] everywhere
-        for g in opt.param_groups:
-            g['lr'] = base_lr(step) * g['lr_scale']
+        for g in opt.param_groups: g['lr'] = base_lr(step) * g['lr_scale']
         opt.step()
         if info: print(llr.layer_table(info['alphas'], info['multipliers']))
+    llr.alphas(model)                                           # {name: alpha}, any nn.Module's matrices
 
-    # {name: alpha} of every 2-D weight, any nn.Module
-    llr.alphas(model)
-
-Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
-spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
-linearly to a learning-rate multiplier in [r_min, r_max]: light tails (large alpha, "undertrained")
-get large multipliers, heavy tails small ones. The README's "Method notes" give the details, and where
-this code departs from the paper's official release.
+Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue spectrum is
+measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped linearly to a multiplier
+in [r_min, r_max]: light tails (large alpha, "undertrained") get large multipliers, heavy tails small ones.
+The README's "Method notes" give the details, and where this code departs from the official release.
 """
 
 import math
@@ -52,11 +48,10 @@ def hill_alpha(eigs, xmin_pos=2.0):
 
 
 def alphas(model, xmin_pos=2.0):
-    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)),
-    NaN where degenerate. Matrices of one shape go through one batched decomposition; a transposed
-    layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so the same alpha.
-    Under torch.distributed it is a collective: call it on every rank. Each rank does every world-th
-    matrix (round-robin in shape order, so the work is balanced), the others leave zeros, and one
+    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)), NaN
+    where degenerate; a transposed layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so
+    the same alpha. Under torch.distributed it is a collective: call it on every rank. Each rank does every
+    world-th matrix (round-robin in shape order, so the work is balanced) and leaves zeros elsewhere; one
     all_reduce(SUM) hands everyone the same bits."""
     named = model.named_parameters() if isinstance(model, nn.Module) else model
     named = [(n, w) for n, w in named if w.ndim == 2]
@@ -65,7 +60,7 @@ def alphas(model, xmin_pos=2.0):
     ddp = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     order = sorted(range(len(named)), key=lambda j: (tuple(named[j][1].shape), j))
-    by_shape = defaultdict(list)
+    by_shape = defaultdict(list)  # matrices of one shape go through one batched decomposition
     for j in order[rank::world]:
         by_shape[tuple(named[j][1].shape)].append(j)
     device = named[0][1].device
@@ -83,14 +78,12 @@ def alphas(model, xmin_pos=2.0):
 
 
 def _gram_eigs(w, dtype=None):
-    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for
-    non-finite W."""
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols) as float64; NaN rows for non-finite W."""
     w = w.detach()
     finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    # float32 on CPU (alpha stays within ~1e-6 of float64); float64 on CUDA, where a float32 matmul
-    # may be TF32
-    w = w.masked_fill(~finite[..., None, None], 0).to(
-        dtype or (torch.float64 if w.is_cuda else torch.float32))
+    # float32 on CPU (alpha within ~1e-6 of float64's); float64 on CUDA, where a float32 matmul may be TF32
+    dtype = dtype or (torch.float64 if w.is_cuda else torch.float32)
+    w = w.masked_fill(~finite[..., None, None], 0).to(dtype)
     # the Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats svdvals
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
     eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
@@ -107,10 +100,10 @@ def _hill(eigs, xmin_pos=2.0):
     xmin = tail[..., 0]
     spread = tail.log().sum(-1) - n * xmin.log()  # sum of ln(lambda_j / xmin) over the tail
     alpha = 1 + n / spread
-    # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
-    # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
-    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues
-                                                                # up to ~3 eps * max
+    # degenerate: xmin at numerical zero (a zero or low-rank matrix, NaN input; float32 eigvalsh leaves null
+    # eigenvalues up to ~3 eps * max), or a tail with no log spread (identity, orthogonal): a mean log ratio
+    # under 1e-6 is float32 rounding noise, not shape
+    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]
     ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
     return torch.where(ok, alpha, float("nan"))
 
@@ -125,9 +118,8 @@ def nuclear_norm(x):
 
 
 def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
-    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (the paper's map),
-    keyed by name. Non-finite alphas are left out (of the min/max and of the result). All-equal
-    -> r_max everywhere, as in the official code."""
+    """The paper's linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min), keyed by name.
+    Non-finite alphas stay out of the min/max and of the result; all equal -> r_max, as the official code."""
     alphas = {k: a for k, a in alphas.items() if math.isfinite(a)}
     if not alphas:
         return {}
@@ -169,21 +161,19 @@ class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
 
     Cadence: recompute at the first step() and every `interval` steps while step <= window * total_steps
-    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps,
-    ramp half that).
-    Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute
-    at step t with target m* places a knot at t: m(t) is unchanged (the value the previous segment
-    gives at t, mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the
-    target is reached exactly at step t + ramp. ramp = 0 is hard switching: m(t) = m*. The first
-    assignment (the first call of step(), normally step 0) is always hard: there is no earlier lr to
-    glide from. After the window no recomputes happen; a ramp in flight still finishes.
-    Embedding and head get r_max (or 1 with embed_head='one') from the first assignment on; vectors 1.
-    A degenerate spectrum keeps the layer's previous segment (multiplier 1 if it never had one)."""
+    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps, ramp half).
+    Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute at step t
+    with target m* places a knot at t: m(t) is unchanged (the value the previous segment gives at t,
+    mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the target is reached
+    exactly at step t + ramp. ramp = 0 is hard switching: m(t) = m*. The first assignment (the first call
+    of step(), normally step 0) is always hard: there is no earlier lr to glide from. After the window no
+    recomputes happen; a ramp in flight still finishes. Embedding and head get r_max (or 1 with
+    embed_head='one') from the first assignment on; vectors 1. A degenerate spectrum keeps the layer's
+    previous segment (multiplier 1 if it never had one)."""
 
     def __init__(self, model, optimizer, total_steps, cfg=None):
         self.cfg = cfg = cfg or LLRConfig()
         self.total_steps = total_steps
-        # the cadence in steps: by default the paper's proportions at any run length
         self.interval = cfg.interval or max(1, total_steps // 80)
         self.ramp = cfg.ramp if cfg.ramp >= 0 else self.interval // 2
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
@@ -210,8 +200,7 @@ class LLR:
         return start + (target - start) * max(k, 0) / ramp
 
     def _measure(self):
-        """Hill alpha of every measured matrix, {name: float}, NaN where degenerate: llr.alphas, so
-        the alphas train.py logs at each evaluation come from the same route."""
+        """{name: alpha}, NaN where degenerate, by llr.alphas: the same route as train.py's logged alphas."""
         return alphas(self.measured, self.cfg.xmin_pos)
 
     def _recompute(self, step):
@@ -223,8 +212,7 @@ class LLR:
                 warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) "
                               f"at step {step}; it keeps its multiplier ({kept:g}) "
                               "and stays out of the alpha min/max")
-        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed},
-                                       self.cfg.r_min, self.cfg.r_max)
+        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed}, self.cfg.r_min, self.cfg.r_max)
         targets |= {n: self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0 for n in self.special}
         # same allocation, no extra total LR: sum(numel * m) / sum(numel) = 1 over the matrices
         if self.cfg.mean_one:
@@ -284,10 +272,9 @@ def param_groups(model, weight_decay=0.1):
 
 
 def roles(model):
-    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what
-    the model's own get_output_embeddings() returns (transformers' models and model.LLaMA have it;
-    define it on a model of yours to name its head); embeddings are get_input_embeddings() and every
-    nn.Embedding. A tied head is 'embed'."""
+    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the
+    model's get_output_embeddings() returns (transformers' models and model.LLaMA have one; define it on a
+    model of yours); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
     role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
@@ -339,9 +326,8 @@ LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"
 
 
 def layer_table(alphas, multipliers, label="alpha"):
-    """One row per layer type (q, k, v, ... from the parameter name), mean/min/max over depth of a
-    per-layer statistic (`label`: alpha here, a noise estimate for another method) and of the
-    multiplier."""
+    """One row per layer type (q, k, v, ... from the parameter name): mean, min and max over depth of a
+    per-layer statistic (`label`: alpha here, the noise for LANTON) and of the multiplier."""
     def kind(name):
         return next((t for t, key in LAYER_TYPES if key in name), "other")
 
@@ -365,21 +351,19 @@ def layer_table(alphas, multipliers, label="alpha"):
 
 def orthogonalize(u, steps=5, dtype=None):
     """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T (Keller Jordan's Muon).
-    After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd
-    quintic p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T.
-    The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular
-    values grow fast, at the price of not converging to 1: after 5 steps they oscillate in roughly
-    [0.5, 1.5], which trains as well as exact U V^T at a fraction of the cost of an SVD.
-    u may be one matrix or a stack (..., rows, cols), each orthogonalised on its own.
-    Runs in bfloat16 on CUDA (tensor cores), float32 elsewhere."""
+    After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd quintic
+    p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T. The
+    coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular values grow
+    fast, at the price of not converging to 1: after 5 steps they oscillate in roughly [0.5, 1.5], which
+    trains as well as exact U V^T at a fraction of the cost of an SVD. u: one matrix or a stack (..., rows,
+    cols), each orthogonalised on its own. In bfloat16 on CUDA (tensor cores), float32 elsewhere."""
     a, b, c = 3.4445, -4.7750, 2.0315
     dtype = dtype or (torch.bfloat16 if u.is_cuda else torch.float32)
     X = u.to(dtype)
     tall = u.size(-2) > u.size(-1)
     if tall:
         X = X.mT  # iterate on the wide side: A = X X^T is then the smaller Gram
-    # each matrix of a stack by its own norm; torch.optim.Muon clamps the norm at 1e-7 instead:
-    # the same unless u ~ 0
+    # each matrix by its own norm (torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0)
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + 1e-7)
     shape, X = X.shape, X.reshape(-1, *X.shape[-2:]) if X.ndim > 2 else X  # a stack as one (B, m, n) batch
     fma = torch.addmm if X.ndim == 2 else torch.baddbmm  # beta * input + alpha * (m1 @ m2), one kernel
