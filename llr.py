@@ -144,15 +144,15 @@ class LLRConfig:
     mean_one: bool = False      # divide multipliers by their parameter-weighted mean (a control)
 
     def __post_init__(self):
-        checks = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
-                  (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
-                  (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
-                  (0 < self.r_min <= self.r_max,
-                   f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
-                  (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
-                  (self.embed_head in ("rmax", "one"),
-                   f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
-        for ok, msg in checks:
+        rules = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
+                 (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
+                 (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
+                 (0 < self.r_min <= self.r_max,
+                  f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
+                 (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
+                 (self.embed_head in ("rmax", "one"),
+                  f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
+        for ok, msg in rules:  # one ValueError, naming the first bad field
             if not ok:
                 raise ValueError(msg)
 
@@ -203,6 +203,7 @@ class LLR:
         """{name: alpha}, NaN where degenerate, by llr.alphas: the same route as train.py's logged alphas."""
         return alphas(self.measured, self.cfg.xmin_pos)
 
+    @torch.no_grad()
     def _recompute(self, step):
         alphas = self._measure()
         for name, a in alphas.items():
@@ -232,12 +233,10 @@ class LLR:
         """Call once per training step, before the optimizer step. Returns the new alphas and target
         multipliers on steps that recomputed, else None."""
         t0 = time.perf_counter()
-        info = None
         # boundary included, as the paper's code
         in_window = step % self.interval == 0 and step <= self.cfg.window * self.total_steps
-        if self.computed_at < 0 or (in_window and step != self.computed_at):
-            with torch.no_grad():
-                info = self._recompute(step)
+        recompute = self.computed_at < 0 or (in_window and step != self.computed_at)
+        info = self._recompute(step) if recompute else None
         for group in _groups(self.optimizers):
             group["lr_scale"] = self.multiplier(self.key_of[_first(group)], step)
         self.seconds += time.perf_counter() - t0
@@ -253,12 +252,11 @@ class LLR:
         if unknown:
             raise ValueError(f"LLR state has layers this model does not: {sorted(unknown)[:5]}")
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
-        if state["computed_at"] >= 0:  # states saved before embedding and head had segments of their own
-            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
-            self.segments |= {n: [m, m, int(state["computed_at"])]
-                              for n in self.special if n not in self.segments}
         self.alphas = dict(state["alphas"])
         self.computed_at = int(state["computed_at"])
+        if self.computed_at >= 0:  # states saved before embedding and head had segments of their own
+            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
+            self.segments |= {n: [m, m, self.computed_at] for n in self.special if n not in self.segments}
 
 
 # ---- optimizer groups: which tensor each group holds, and its role (shared with lanton.py) ----
