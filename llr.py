@@ -294,27 +294,23 @@ def _first(group):  # a group is known by its first tensor, never by its positio
 
 def _map_groups(model, optimizers, key):
     """Map every optimizer group to one multiplier key, by tensor identity (never by position).
-    key(name, param) -> the group's key; a group whose tensors need different keys is an error.
-    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in
-    model order)."""
-    names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
-    order = {pid: i for i, pid in enumerate(names)}
-    key_of, seen = {}, {}
-    for opt in optimizers:
-        for group in opt.param_groups:
-            keys = set()
-            for p in group["params"]:
-                if id(p) not in names:
-                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} "
-                                     "that is not in the model")
-                seen[id(p)] = p
-                keys.add(key(names[id(p)], p))
-            if len(keys) > 1:
-                members = ", ".join(names[id(p)] for p in group["params"])
-                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers "
-                                 f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
-            key_of[_first(group)] = keys.pop() if keys else None
-    return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
+    key(name, param) -> the group's key; a group whose tensors need different keys is an error. Returns
+    ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    key_of, held = {}, set()
+    for group in _groups(optimizers):
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} "
+                                 "that is not in the model")
+            held.add(id(p))
+        keys = {key(names[id(p)], p) for p in group["params"]}
+        if len(keys) > 1:
+            members = ", ".join(names[id(p)] for p in group["params"])
+            raise ValueError(f"one optimizer group holds parameters that need different lr multipliers "
+                             f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
+        key_of[_first(group)] = keys.pop() if keys else None
+    return key_of, [(n, p) for n, p in model.named_parameters() if id(p) in held]
 
 
 # ---- console table ----
@@ -329,17 +325,16 @@ def layer_table(alphas, multipliers, label="alpha"):
     def kind(name):
         return next((t for t, key in LAYER_TYPES if key in name), "other")
 
-    rows = defaultdict(lambda: ([], []))
-    for col, values in enumerate((alphas, multipliers)):
-        for name, v in values.items():
-            rows[kind(name)][col].append(float(v))
-    stats = lambda xs: (f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs
-                        else f"{'-':>11} {'-':>7} {'-':>7}")
-    cols = lambda name: f"{name[:6] + ' mean':>11} {'min':>7} {'max':>7}"
-    lines = [f"{'layer':<6} {'n':>3} | {cols(label)} | {cols('mult')}"]
+    def stats(xs):  # mean, min and max over depth, or dashes where this type has no value
+        if not xs:
+            return f"{'-':>11} {'-':>7} {'-':>7}"
+        return f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}"
+
+    lines = [f"{'layer':<6} {'n':>3} | {label[:6] + ' mean':>11} {'min':>7} {'max':>7} | "
+             f"{'mult mean':>11} {'min':>7} {'max':>7}"]
     for t in [t for t, _ in LAYER_TYPES] + ["other"]:
-        if t in rows:
-            a, m = rows[t]
+        a, m = ([float(v) for n, v in values.items() if kind(n) == t] for values in (alphas, multipliers))
+        if a or m:
             lines.append(f"{t:<6} {max(len(a), len(m)):>3} | {stats(a)} | {stats(m)}")
     return "\n".join(lines)
 
