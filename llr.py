@@ -381,20 +381,18 @@ class Muon(torch.optim.Optimizer):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be >= 0, "
                              f"got {lr}, {momentum}, {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay, adjust_lr=adjust_lr)
-        super().__init__(params, defaults)
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      weight_decay=weight_decay, adjust_lr=adjust_lr))
 
     def add_param_group(self, group):
         super().add_param_group(group)  # fills in the defaults; also runs for the groups given to __init__
         group = self.param_groups[-1]
-        bad = [p for p in group["params"] if p.ndim != 2]
-        if bad or group["adjust_lr"] not in ("original", "match_rms_adamw"):
+        shapes = [tuple(p.shape) for p in group["params"]]
+        if any(len(s) != 2 for s in shapes) or group["adjust_lr"] not in ("original", "match_rms_adamw"):
             self.param_groups.pop()
             raise ValueError(f"Muon takes 2-D matrices and adjust_lr 'original' or 'match_rms_adamw'; group "
-                             f"{group.get('name', 'unnamed')} has shapes "
-                             f"{[tuple(p.shape) for p in group['params']]} "
-                             f"and adjust_lr {group['adjust_lr']!r}; give vectors and embeddings to AdamW")
+                             f"{group.get('name', 'unnamed')} has shapes {shapes} and adjust_lr "
+                             f"{group['adjust_lr']!r}; give vectors and embeddings to AdamW")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -408,10 +406,9 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(g)
+                buf = self.state[p]["momentum_buffer"]
                 buf.lerp_(g, 1 - mu)  # buf = mu * buf + (1 - mu) * g
                 u = g.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
                 update = orthogonalize(u, group["ns_steps"])
