@@ -1,5 +1,6 @@
 """
-LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Muon or AdamW.
+LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Muon or AdamW. It reuses
+llr.py's plumbing: parameter roles, optimizer-group mapping, the batched nuclear norm.
 
     import llr, lanton
     ctrl = lanton.LANTON(model, [muon, adamw])   # optimizers built on llr.param_groups(model)
@@ -7,8 +8,6 @@ LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Mu
         ...                                      # forward, backward (and clipping)
         ctrl.step(step)                          # sets group['lr_scale'] everywhere
         for g in groups: g['lr'] = base_lr(step) * g['lr_scale']
-
-It reuses llr.py's plumbing (parameter roles, optimizer-group mapping, the batched nuclear norm).
 """
 
 import math
@@ -32,10 +31,9 @@ class LANTONConfig:
     eps: float = 1e-16      # in H's units (a squared norm): (1e-8)^2, far below any real measurement
 
     def __post_init__(self):
-        checks = [(self.every >= 1, f"every must be >= 1, got {self.every}"),
-                  (0 <= self.beta2 < 1, f"beta2 must be in [0, 1), got {self.beta2}"),
-                  (self.eps > 0, f"eps must be > 0, got {self.eps}")]
-        for ok, msg in checks:
+        for ok, msg in [(self.every >= 1, f"every must be >= 1, got {self.every}"),
+                        (0 <= self.beta2 < 1, f"beta2 must be in [0, 1), got {self.beta2}"),
+                        (self.eps > 0, f"eps must be > 0, got {self.eps}")]:
             if not ok:
                 raise ValueError(msg)
 
@@ -51,26 +49,23 @@ class LANTON:
     so the least noisy layer of each group keeps the base lr and noisier ones get proportionally less.
     Measured at steps t with t % every == 0 (App. H); G_{t-1} is copied at step t - 1 and dropped at t.
 
-    Dual norms, the dual of the norm whose LMO updates the layer (Section 4, Table 1 and "Choice of
-    Norm Constraint"): hidden matrices (Muon) sqrt(d_out / d_in) * nuclear norm, the dual of the
-    RMS->RMS operator norm, exactly as Table 1. Embedding and head: entrywise l1, sum |g_ij|; Table 1
-    updates them with Signum, whose LMO is that of the max-entry (l1->l_inf) norm, and the dual of that
-    is entrywise l1; our AdamW is sign-like, the same geometry. Vectors (norm gains): entrywise l1 too.
-    Table 1 uses the RMS norm there (dual sqrt(d) * l2) because it updates gains by RMS normalisation;
-    we update them with AdamW, so we keep the dual of AdamW's l_inf geometry.
+    Dual norms, each the dual of the norm whose LMO updates the layer (Section 4, Table 1, "Choice of Norm
+    Constraint"). Hidden matrices (Muon): sqrt(d_out / d_in) * nuclear norm, dual of the RMS->RMS operator
+    norm, as Table 1. Embedding and head: entrywise l1, sum |g_ij|; Table 1 updates them with Signum, whose
+    LMO is that of the max-entry (l1->l_inf) norm, whose dual is entrywise l1; our AdamW is sign-like, the
+    same geometry. Vectors (norm gains): entrywise l1 too; Table 1's RMS norm there (dual sqrt(d) * l2) is
+    for gains updated by RMS normalisation, ours are updated by AdamW: the dual of its l_inf geometry.
 
-    A layer keeps multiplier 1 until its first measurement. A non-finite measurement, or an exactly zero
-    one (the gradient did not change: no information, and alpha = 1/sqrt(eps) would crush the rest of
-    its group), is skipped and H kept. Under DDP the layers are shared out over ranks and one
-    all_reduce gives every rank the same bits."""
+    A layer keeps multiplier 1 until its first measurement. A non-finite measurement, or an exactly zero one
+    (the gradient did not change: no information, and alpha = 1/sqrt(eps) would crush the rest of its
+    family), is skipped and H kept."""
 
     def __init__(self, model, optimizer, cfg=None):
         self.cfg = cfg or LANTONConfig()
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         role = roles(model)
-        # first tensor of a group -> its layer name
-        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)
-        self.layers = [(n, p, role[id(p)]) for n, p in seen]  # (name, param, role)
+        self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n)  # key: the layer name
+        self.layers = [(n, p, FAMILY[role[id(p)]]) for n, p in seen]  # (name, param, family)
         self.H = {}  # name -> moving average of the squared noise
         self.mult = {}  # name -> current multiplier; a layer not in here has 1
         self.noise = {}  # name -> the last accepted measurement, for logging
@@ -78,23 +73,21 @@ class LANTON:
         self.seconds = 0.0  # wall time spent inside step()
 
     def _measure(self):
-        """n_l for every layer as floats, NaN where unknown or non-finite. Each rank does every world-th
-        layer (round-robin in shape order, so the work is balanced) and leaves zeros elsewhere; one
-        all_reduce(SUM) then hands everyone the same bits, and .tolist() is the one host read."""
+        """n_l for every layer as floats, NaN where unknown or non-finite; shared out over DDP ranks as in
+        llr.alphas (round-robin in shape order, one all_reduce(SUM)), and .tolist() is the one host read."""
         ddp = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
         if not self.layers:
             return []
         device = self.layers[0][1].device
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        out = [zero] * len(self.layers)
-        by_shape = defaultdict(list)
+        out = torch.zeros(len(self.layers), dtype=torch.float64, device=device)
+        by_shape = defaultdict(list)  # hidden matrices of one shape go through one batched decomposition
         for j in sorted(range(len(self.layers)),
                         key=lambda j: (tuple(self.layers[j][1].shape), j))[rank::world]:
-            name, p, role = self.layers[j]
+            name, p, family = self.layers[j]
             if p.grad is None or name not in self.prev:
-                out[j] = zero + float("nan")
-            elif role == "hidden":
+                out[j] = float("nan")
+            elif family == "hidden":
                 by_shape[tuple(p.shape)].append(j)
             else:  # entrywise l1 (see the class docstring)
                 out[j] = (p.grad.double() - self.prev[name].double()).abs().sum()
@@ -105,13 +98,12 @@ class LANTON:
                 diff = torch.stack([self.layers[j][1].grad.double() - self.prev[self.layers[j][0]].double()
                                     for j in chunk])
                 n = math.sqrt(rows / cols) * nuclear_norm(diff)  # Table 1; a non-finite matrix gives NaN
-                for j, v in zip(chunk, n.to(device).unbind()):
-                    out[j] = v
-        noise = torch.stack(out)
+                out[chunk] = n.to(device)
         if world > 1:
-            dist.all_reduce(noise)  # exactly one collective per refresh, on every rank
-        return noise.tolist()
+            dist.all_reduce(out)  # exactly one collective per refresh, on every rank
+        return out.tolist()
 
+    @torch.no_grad()
     def _refresh(self):
         b2, accepted = self.cfg.beta2, {}
         for (name, _, _), n in zip(self.layers, self._measure()):
@@ -121,12 +113,10 @@ class LANTON:
             self.H[name] = n * n if h is None else b2 * h + (1 - b2) * n * n  # line 7
             accepted[name] = n
         alpha = {name: 1 / math.sqrt(h + self.cfg.eps) for name, h in self.H.items()}  # line 8
-        best = defaultdict(float)
-        for name, _, role in self.layers:
-            if name in alpha:
-                best[FAMILY[role]] = max(best[FAMILY[role]], alpha[name])
-        self.mult = {name: alpha[name] / best[FAMILY[role]]
-                     for name, _, role in self.layers if name in alpha}  # line 9
+        best = defaultdict(float)  # line 9's max of alpha over each family (an unmeasured layer counts 0)
+        for name, _, family in self.layers:
+            best[family] = max(best[family], alpha.get(name, 0.0))
+        self.mult = {name: alpha[name] / best[family] for name, _, family in self.layers if name in alpha}
         self.noise = accepted
         return {"noise": dict(accepted),
                 "multipliers": {name: self.mult.get(name, 1.0) for name, _, _ in self.layers}}
@@ -135,14 +125,11 @@ class LANTON:
         """Call once per training step after backward (and clipping), before the optimizer step. Reads
         p.grad, never writes it. Returns {'noise', 'multipliers'} on steps that measured, else None."""
         t0 = time.perf_counter()
-        info = None
-        with torch.no_grad():
-            if self.prev is not None and self.prev_step == step - 1:
-                info = self._refresh()
-            self.prev = None  # used or stale: the copy lives one step only
-            if (step + 1) % self.cfg.every == 0:  # the next step measures: keep this gradient
-                self.prev = {n: p.grad.detach().clone() for n, p, _ in self.layers if p.grad is not None}
-                self.prev_step = step
+        info = self._refresh() if self.prev is not None and self.prev_step == step - 1 else None
+        self.prev = None  # used or stale: the copy lives one step only
+        if (step + 1) % self.cfg.every == 0:  # the next step measures: keep this gradient
+            self.prev = {n: p.grad.detach().clone() for n, p, _ in self.layers if p.grad is not None}
+            self.prev_step = step
         for group in _groups(self.optimizers):
             group["lr_scale"] = self.mult.get(self.key_of[_first(group)], 1.0)
         self.seconds += time.perf_counter() - t0

@@ -8,19 +8,15 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
     for step in range(max_steps):
         ...                                                     # forward, backward
         info = ctrl.step(step)                                  # sets group['lr_scale'] everywhere
-        for g in opt.param_groups:
-            g['lr'] = base_lr(step) * g['lr_scale']
+        for g in opt.param_groups: g['lr'] = base_lr(step) * g['lr_scale']
         opt.step()
         if info: print(llr.layer_table(info['alphas'], info['multipliers']))
+    llr.alphas(model)                                           # {name: alpha}, any nn.Module's matrices
 
-    # {name: alpha} of every 2-D weight, any nn.Module
-    llr.alphas(model)
-
-Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue
-spectrum is measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped
-linearly to a learning-rate multiplier in [r_min, r_max]: light tails (large alpha, "undertrained")
-get large multipliers, heavy tails small ones. The README's "Method notes" give the details, and where
-this code departs from the paper's official release.
+Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue spectrum is
+measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped linearly to a multiplier
+in [r_min, r_max]: light tails (large alpha, "undertrained") get large multipliers, heavy tails small ones.
+The README's "Method notes" give the details, and where this code departs from the official release.
 """
 
 import math
@@ -52,11 +48,10 @@ def hill_alpha(eigs, xmin_pos=2.0):
 
 
 def alphas(model, xmin_pos=2.0):
-    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)),
-    NaN where degenerate. Matrices of one shape go through one batched decomposition; a transposed
-    layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so the same alpha.
-    Under torch.distributed it is a collective: call it on every rank. Each rank does every world-th
-    matrix (round-robin in shape order, so the work is balanced), the others leave zeros, and one
+    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)), NaN
+    where degenerate; a transposed layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so
+    the same alpha. Under torch.distributed it is a collective: call it on every rank. Each rank does every
+    world-th matrix (round-robin in shape order, so the work is balanced) and leaves zeros elsewhere; one
     all_reduce(SUM) hands everyone the same bits."""
     named = model.named_parameters() if isinstance(model, nn.Module) else model
     named = [(n, w) for n, w in named if w.ndim == 2]
@@ -65,7 +60,7 @@ def alphas(model, xmin_pos=2.0):
     ddp = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     order = sorted(range(len(named)), key=lambda j: (tuple(named[j][1].shape), j))
-    by_shape = defaultdict(list)
+    by_shape = defaultdict(list)  # matrices of one shape go through one batched decomposition
     for j in order[rank::world]:
         by_shape[tuple(named[j][1].shape)].append(j)
     device = named[0][1].device
@@ -83,14 +78,12 @@ def alphas(model, xmin_pos=2.0):
 
 
 def _gram_eigs(w, dtype=None):
-    """Ascending eigenvalues of W^T W for a stack (..., rows, cols), as float64, NaN rows for
-    non-finite W."""
+    """Ascending eigenvalues of W^T W for a stack (..., rows, cols) as float64; NaN rows for non-finite W."""
     w = w.detach()
     finite = torch.isfinite(w).flatten(-2).all(-1)  # (...,) LAPACK may fail on NaN, so zero those out
-    # float32 on CPU (alpha stays within ~1e-6 of float64); float64 on CUDA, where a float32 matmul
-    # may be TF32
-    w = w.masked_fill(~finite[..., None, None], 0).to(
-        dtype or (torch.float64 if w.is_cuda else torch.float32))
+    # float32 on CPU (alpha within ~1e-6 of float64's); float64 on CUDA, where a float32 matmul may be TF32
+    dtype = dtype or (torch.float64 if w.is_cuda else torch.float32)
+    w = w.masked_fill(~finite[..., None, None], 0).to(dtype)
     # the Gram matrix of the smaller side has the same nonzero eigenvalues, and eigvalsh on it beats svdvals
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT  # (..., N, N), N = min(rows, cols)
     eigs = torch.linalg.eigvalsh(gram).double().clamp_min(0)  # rounding can leave tiny negatives
@@ -107,10 +100,10 @@ def _hill(eigs, xmin_pos=2.0):
     xmin = tail[..., 0]
     spread = tail.log().sum(-1) - n * xmin.log()  # sum of ln(lambda_j / xmin) over the tail
     alpha = 1 + n / spread
-    # degenerate: xmin at numerical zero (zero or low-rank matrix, NaN input) or a tail with no log
-    # spread (identity, orthogonal): a mean log ratio under 1e-6 is float32 rounding noise, not shape
-    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]  # float32 eigvalsh leaves null eigenvalues
-                                                                # up to ~3 eps * max
+    # degenerate: xmin at numerical zero (a zero or low-rank matrix, NaN input; float32 eigvalsh leaves null
+    # eigenvalues up to ~3 eps * max), or a tail with no log spread (identity, orthogonal): a mean log ratio
+    # under 1e-6 is float32 rounding noise, not shape
+    tiny = 32 * torch.finfo(torch.float32).eps * eigs[..., -1]
     ok = (xmin > tiny) & (spread > n * 1e-6) & torch.isfinite(alpha)
     return torch.where(ok, alpha, float("nan"))
 
@@ -125,9 +118,8 @@ def nuclear_norm(x):
 
 
 def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
-    """Linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min)  (the paper's map),
-    keyed by name. Non-finite alphas are left out (of the min/max and of the result). All-equal
-    -> r_max everywhere, as in the official code."""
+    """The paper's linear map m = r_min + (r_max - r_min) * (a - a_min) / (a_max - a_min), keyed by name.
+    Non-finite alphas stay out of the min/max and of the result; all equal -> r_max, as the official code."""
     alphas = {k: a for k, a in alphas.items() if math.isfinite(a)}
     if not alphas:
         return {}
@@ -152,15 +144,15 @@ class LLRConfig:
     mean_one: bool = False      # divide multipliers by their parameter-weighted mean (a control)
 
     def __post_init__(self):
-        checks = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
-                  (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
-                  (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
-                  (0 < self.r_min <= self.r_max,
-                   f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
-                  (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
-                  (self.embed_head in ("rmax", "one"),
-                   f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
-        for ok, msg in checks:
+        rules = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
+                 (self.ramp >= -1, f"ramp must be >= 0, or -1 for half the interval, got {self.ramp}"),
+                 (0 <= self.window <= 1, f"window must be in [0, 1], got {self.window}"),
+                 (0 < self.r_min <= self.r_max,
+                  f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
+                 (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
+                 (self.embed_head in ("rmax", "one"),
+                  f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
+        for ok, msg in rules:  # one ValueError, naming the first bad field
             if not ok:
                 raise ValueError(msg)
 
@@ -169,21 +161,19 @@ class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
 
     Cadence: recompute at the first step() and every `interval` steps while step <= window * total_steps
-    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps,
-    ramp half that).
-    Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute
-    at step t with target m* places a knot at t: m(t) is unchanged (the value the previous segment
-    gives at t, mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the
-    target is reached exactly at step t + ramp. ramp = 0 is hard switching: m(t) = m*. The first
-    assignment (the first call of step(), normally step 0) is always hard: there is no earlier lr to
-    glide from. After the window no recomputes happen; a ramp in flight still finishes.
-    Embedding and head get r_max (or 1 with embed_head='one') from the first assignment on; vectors 1.
-    A degenerate spectrum keeps the layer's previous segment (multiplier 1 if it never had one)."""
+    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps, ramp half).
+    Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute at step t
+    with target m* places a knot at t: m(t) is unchanged (the value the previous segment gives at t,
+    mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the target is reached
+    exactly at step t + ramp. ramp = 0 is hard switching: m(t) = m*. The first assignment (the first call
+    of step(), normally step 0) is always hard: there is no earlier lr to glide from. After the window no
+    recomputes happen; a ramp in flight still finishes. Embedding and head get r_max (or 1 with
+    embed_head='one') from the first assignment on; vectors 1. A degenerate spectrum keeps the layer's
+    previous segment (multiplier 1 if it never had one)."""
 
     def __init__(self, model, optimizer, total_steps, cfg=None):
         self.cfg = cfg = cfg or LLRConfig()
         self.total_steps = total_steps
-        # the cadence in steps: by default the paper's proportions at any run length
         self.interval = cfg.interval or max(1, total_steps // 80)
         self.ramp = cfg.ramp if cfg.ramp >= 0 else self.interval // 2
         self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
@@ -210,10 +200,10 @@ class LLR:
         return start + (target - start) * max(k, 0) / ramp
 
     def _measure(self):
-        """Hill alpha of every measured matrix, {name: float}, NaN where degenerate: llr.alphas, so
-        the alphas train.py logs at each evaluation come from the same route."""
+        """{name: alpha}, NaN where degenerate, by llr.alphas: the same route as train.py's logged alphas."""
         return alphas(self.measured, self.cfg.xmin_pos)
 
+    @torch.no_grad()
     def _recompute(self, step):
         alphas = self._measure()
         for name, a in alphas.items():
@@ -223,8 +213,7 @@ class LLR:
                 warnings.warn(f"llr: {name} has a degenerate spectrum (zero, low-rank, non-finite or flat) "
                               f"at step {step}; it keeps its multiplier ({kept:g}) "
                               "and stays out of the alpha min/max")
-        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed},
-                                       self.cfg.r_min, self.cfg.r_max)
+        targets = alpha_to_multipliers({n: alphas[n] for n in self.analysed}, self.cfg.r_min, self.cfg.r_max)
         targets |= {n: self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0 for n in self.special}
         # same allocation, no extra total LR: sum(numel * m) / sum(numel) = 1 over the matrices
         if self.cfg.mean_one:
@@ -244,12 +233,10 @@ class LLR:
         """Call once per training step, before the optimizer step. Returns the new alphas and target
         multipliers on steps that recomputed, else None."""
         t0 = time.perf_counter()
-        info = None
         # boundary included, as the paper's code
         in_window = step % self.interval == 0 and step <= self.cfg.window * self.total_steps
-        if self.computed_at < 0 or (in_window and step != self.computed_at):
-            with torch.no_grad():
-                info = self._recompute(step)
+        recompute = self.computed_at < 0 or (in_window and step != self.computed_at)
+        info = self._recompute(step) if recompute else None
         for group in _groups(self.optimizers):
             group["lr_scale"] = self.multiplier(self.key_of[_first(group)], step)
         self.seconds += time.perf_counter() - t0
@@ -265,12 +252,11 @@ class LLR:
         if unknown:
             raise ValueError(f"LLR state has layers this model does not: {sorted(unknown)[:5]}")
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
-        if state["computed_at"] >= 0:  # states saved before embedding and head had segments of their own
-            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
-            self.segments |= {n: [m, m, int(state["computed_at"])]
-                              for n in self.special if n not in self.segments}
         self.alphas = dict(state["alphas"])
         self.computed_at = int(state["computed_at"])
+        if self.computed_at >= 0:  # states saved before embedding and head had segments of their own
+            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
+            self.segments |= {n: [m, m, self.computed_at] for n in self.special if n not in self.segments}
 
 
 # ---- optimizer groups: which tensor each group holds, and its role (shared with lanton.py) ----
@@ -284,10 +270,9 @@ def param_groups(model, weight_decay=0.1):
 
 
 def roles(model):
-    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what
-    the model's own get_output_embeddings() returns (transformers' models and model.LLaMA have it;
-    define it on a model of yours to name its head); embeddings are get_input_embeddings() and every
-    nn.Embedding. A tied head is 'embed'."""
+    """{id(param): role}: 'embed', 'head', 'hidden' (every other matrix) or 'vector'. The head is what the
+    model's get_output_embeddings() returns (transformers' models and model.LLaMA have one; define it on a
+    model of yours); embeddings are get_input_embeddings() and every nn.Embedding. A tied head is 'embed'."""
     role = {id(p): "hidden" if p.ndim == 2 else "vector" for p in model.parameters()}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
@@ -309,27 +294,23 @@ def _first(group):  # a group is known by its first tensor, never by its positio
 
 def _map_groups(model, optimizers, key):
     """Map every optimizer group to one multiplier key, by tensor identity (never by position).
-    key(name, param) -> the group's key; a group whose tensors need different keys is an error.
-    Returns ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in
-    model order)."""
-    names = {id(p): n for n, p in model.named_parameters()}  # insertion order = named_parameters() order
-    order = {pid: i for i, pid in enumerate(names)}
-    key_of, seen = {}, {}
-    for opt in optimizers:
-        for group in opt.param_groups:
-            keys = set()
-            for p in group["params"]:
-                if id(p) not in names:
-                    raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} "
-                                     "that is not in the model")
-                seen[id(p)] = p
-                keys.add(key(names[id(p)], p))
-            if len(keys) > 1:
-                members = ", ".join(names[id(p)] for p in group["params"])
-                raise ValueError(f"one optimizer group holds parameters that need different lr multipliers "
-                                 f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
-            key_of[_first(group)] = keys.pop() if keys else None
-    return key_of, [(names[i], seen[i]) for i in sorted(seen, key=order.get)]
+    key(name, param) -> the group's key; a group whose tensors need different keys is an error. Returns
+    ({id of a group's first tensor: key}, [(name, param)] of every optimized tensor in model order)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    key_of, held = {}, set()
+    for group in _groups(optimizers):
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError(f"an optimizer holds a parameter of shape {tuple(p.shape)} "
+                                 "that is not in the model")
+            held.add(id(p))
+        keys = {key(names[id(p)], p) for p in group["params"]}
+        if len(keys) > 1:
+            members = ", ".join(names[id(p)] for p in group["params"])
+            raise ValueError(f"one optimizer group holds parameters that need different lr multipliers "
+                             f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
+        key_of[_first(group)] = keys.pop() if keys else None
+    return key_of, [(n, p) for n, p in model.named_parameters() if id(p) in held]
 
 
 # ---- console table ----
@@ -339,23 +320,21 @@ LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"
 
 
 def layer_table(alphas, multipliers, label="alpha"):
-    """One row per layer type (q, k, v, ... from the parameter name), mean/min/max over depth of a
-    per-layer statistic (`label`: alpha here, a noise estimate for another method) and of the
-    multiplier."""
+    """One row per layer type (q, k, v, ... from the parameter name): mean, min and max over depth of a
+    per-layer statistic (`label`: alpha here, the noise for LANTON) and of the multiplier."""
     def kind(name):
         return next((t for t, key in LAYER_TYPES if key in name), "other")
 
-    rows = defaultdict(lambda: ([], []))
-    for col, values in enumerate((alphas, multipliers)):
-        for name, v in values.items():
-            rows[kind(name)][col].append(float(v))
-    stats = lambda xs: (f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs
-                        else f"{'-':>11} {'-':>7} {'-':>7}")
-    cols = lambda name: f"{name[:6] + ' mean':>11} {'min':>7} {'max':>7}"
-    lines = [f"{'layer':<6} {'n':>3} | {cols(label)} | {cols('mult')}"]
+    def stats(xs):  # mean, min and max over depth, or dashes where this type has no value
+        if not xs:
+            return f"{'-':>11} {'-':>7} {'-':>7}"
+        return f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}"
+
+    lines = [f"{'layer':<6} {'n':>3} | {label[:6] + ' mean':>11} {'min':>7} {'max':>7} | "
+             f"{'mult mean':>11} {'min':>7} {'max':>7}"]
     for t in [t for t, _ in LAYER_TYPES] + ["other"]:
-        if t in rows:
-            a, m = rows[t]
+        a, m = ([float(v) for n, v in values.items() if kind(n) == t] for values in (alphas, multipliers))
+        if a or m:
             lines.append(f"{t:<6} {max(len(a), len(m)):>3} | {stats(a)} | {stats(m)}")
     return "\n".join(lines)
 
@@ -365,21 +344,19 @@ def layer_table(alphas, multipliers, label="alpha"):
 
 def orthogonalize(u, steps=5, dtype=None):
     """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T (Keller Jordan's Muon).
-    After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd
-    quintic p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T.
-    The coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular
-    values grow fast, at the price of not converging to 1: after 5 steps they oscillate in roughly
-    [0.5, 1.5], which trains as well as exact U V^T at a fraction of the cost of an SVD.
-    u may be one matrix or a stack (..., rows, cols), each orthogonalised on its own.
-    Runs in bfloat16 on CUDA (tensor cores), float32 elsewhere."""
+    After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd quintic
+    p(s) = a s + b s^3 + c s^5 to all of them at once, X <- a X + (b A + c A A) X, A = X X^T. The
+    coefficients (3.4445, -4.7750, 2.0315) maximise the slope at 0 (a = 3.4) so tiny singular values grow
+    fast, at the price of not converging to 1: after 5 steps they oscillate in roughly [0.5, 1.5], which
+    trains as well as exact U V^T at a fraction of the cost of an SVD. u: one matrix or a stack (..., rows,
+    cols), each orthogonalised on its own. In bfloat16 on CUDA (tensor cores), float32 elsewhere."""
     a, b, c = 3.4445, -4.7750, 2.0315
     dtype = dtype or (torch.bfloat16 if u.is_cuda else torch.float32)
     X = u.to(dtype)
     tall = u.size(-2) > u.size(-1)
     if tall:
         X = X.mT  # iterate on the wide side: A = X X^T is then the smaller Gram
-    # each matrix of a stack by its own norm; torch.optim.Muon clamps the norm at 1e-7 instead:
-    # the same unless u ~ 0
+    # each matrix by its own norm (torch.optim.Muon clamps the norm at 1e-7 instead: the same unless u ~ 0)
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + 1e-7)
     shape, X = X.shape, X.reshape(-1, *X.shape[-2:]) if X.ndim > 2 else X  # a stack as one (B, m, n) batch
     fma = torch.addmm if X.ndim == 2 else torch.baddbmm  # beta * input + alpha * (m1 @ m2), one kernel
@@ -404,20 +381,18 @@ class Muon(torch.optim.Optimizer):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be >= 0, "
                              f"got {lr}, {momentum}, {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay, adjust_lr=adjust_lr)
-        super().__init__(params, defaults)
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      weight_decay=weight_decay, adjust_lr=adjust_lr))
 
     def add_param_group(self, group):
         super().add_param_group(group)  # fills in the defaults; also runs for the groups given to __init__
         group = self.param_groups[-1]
-        bad = [p for p in group["params"] if p.ndim != 2]
-        if bad or group["adjust_lr"] not in ("original", "match_rms_adamw"):
+        shapes = [tuple(p.shape) for p in group["params"]]
+        if any(len(s) != 2 for s in shapes) or group["adjust_lr"] not in ("original", "match_rms_adamw"):
             self.param_groups.pop()
             raise ValueError(f"Muon takes 2-D matrices and adjust_lr 'original' or 'match_rms_adamw'; group "
-                             f"{group.get('name', 'unnamed')} has shapes "
-                             f"{[tuple(p.shape) for p in group['params']]} "
-                             f"and adjust_lr {group['adjust_lr']!r}; give vectors and embeddings to AdamW")
+                             f"{group.get('name', 'unnamed')} has shapes {shapes} and adjust_lr "
+                             f"{group['adjust_lr']!r}; give vectors and embeddings to AdamW")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -431,10 +406,9 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(g)
+                buf = self.state[p]["momentum_buffer"]
                 buf.lerp_(g, 1 - mu)  # buf = mu * buf + (1 - mu) * g
                 u = g.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
                 update = orthogonalize(u, group["ns_steps"])
