@@ -181,7 +181,7 @@ class LLR:
         special = {i for i, role in roles(model).items() if role in ("embed", "head")}
         self.key_of, seen = _map_groups(model, self.optimizers, lambda n, p: n if p.ndim == 2 else None)
         self.measured = [(n, p) for n, p in seen if p.ndim == 2]  # embed/head are measured too
-        self.special = {n for n, p in seen if id(p) in special}
+        self.special = [n for n, p in seen if id(p) in special]  # model order: the same sums on every rank
         self.analysed = [n for n, _ in self.measured if n not in self.special]
         self.segments = {}  # name -> [start, target, t0]: the multiplier's current linear piece
         self.alphas = {}  # the last finite alphas, for logging
@@ -248,7 +248,7 @@ class LLR:
                 "computed_at": self.computed_at}
 
     def load_state_dict(self, state):
-        unknown = set(state["segments"]) - set(self.analysed) - self.special
+        unknown = set(state["segments"]) - set(self.analysed) - set(self.special)
         if unknown:
             raise ValueError(f"LLR state has layers this model does not: {sorted(unknown)[:5]}")
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}

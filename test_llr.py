@@ -403,7 +403,7 @@ def test_tiny_lm_with_adamw_and_muon():
     rest = [g for g in groups if role[id(g["params"][0])] != "hidden"]
     opts = [torch.optim.AdamW(rest, lr=1e-3), Muon(hidden, lr=0.02)]
     ctrl = LLR(model, opts, total_steps=100)
-    assert ctrl.special == {"embed_tokens.weight", "lm_head.weight"}
+    assert ctrl.special == ["embed_tokens.weight", "lm_head.weight"]  # in model order
     assert len(ctrl.analysed) == 6
     info = ctrl.step(0)
     assert set(info["alphas"]) == {n for n, p in model.named_parameters() if p.ndim == 2}  # embed/head measured
