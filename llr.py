@@ -8,7 +8,8 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
     for step in range(max_steps):
         ...                                                     # forward, backward
         info = ctrl.step(step)                                  # sets group['lr_scale'] everywhere
-        for g in opt.param_groups: g['lr'] = base_lr(step) * g['lr_scale']
+        for g in opt.param_groups:
+            g['lr'] = base_lr(step) * g['lr_scale']
         opt.step()
         if info: print(llr.layer_table(info['alphas'], info['multipliers']))
     llr.alphas(model)                                           # {name: alpha}, any nn.Module's matrices
