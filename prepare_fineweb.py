@@ -37,19 +37,17 @@ DOCS_PER_TASK = 64  # documents per worker task: tens of thousands of tokens, en
 
 # ---- the shard format (llm.c's) and the tokenizers ----
 
-
 def get_tokenizer(name):
     """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
-    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
-        ranks = {bytes([i]): i for i in range(256)}
-        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
-    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
+    if name == "bytes":  # 256 single-byte tokens
+        stem, ranks = "bytes", {bytes([i]): i for i in range(256)}
+    elif name.endswith(".tiktoken"):  # offline: the file tiktoken would download
         from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(name)
-        stem = os.path.basename(name)[: -len(".tiktoken")]
-        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks,
-                                 special_tokens={EOT: len(ranks)})
-    return tiktoken.get_encoding(name)
+        stem, ranks = os.path.basename(name)[: -len(".tiktoken")], load_tiktoken_bpe(name)
+    else:
+        return tiktoken.get_encoding(name)
+    # end-of-text comes right after the ranks: 256 for bytes, 50256 for GPT-2's file
+    return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
 
 def write_shard(path, tokens):
@@ -67,20 +65,18 @@ def write_shard(path, tokens):
 
 def read_shard(path):
     """Memory-map a shard's tokens, checking its header against its size."""
-    size = os.path.getsize(path)
-    if size < 4 * HEADER_INTS:
-        raise ValueError(f"{path}: {size} bytes is too small for a token shard "
-                         f"(header is {4 * HEADER_INTS} bytes)")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
-    if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
-    n = int(header[2])
-    if size != 4 * HEADER_INTS + 2 * n:
-        raise ValueError(f"{path}: header says {n} tokens but the file holds "
-                         f"{(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
+    size, head = os.path.getsize(path), 4 * HEADER_INTS
+    if size < head:
+        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {head} bytes)")
+    magic, version, n = np.fromfile(path, dtype=np.int32, count=3).tolist()
+    if magic != SHARD_MAGIC:
+        raise ValueError(f"{path}: bad magic {magic} (expected {SHARD_MAGIC}): not an llm.c token shard")
+    if version != SHARD_VERSION:
+        raise ValueError(f"{path}: unsupported shard version {version} (expected {SHARD_VERSION})")
+    if size != head + 2 * n:
+        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - head) / 2:g}: "
+                         "truncated or corrupt")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=head, shape=(n,))
 
 
 def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the old file or the new
