@@ -85,13 +85,8 @@ def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the
     os.replace(path + ".tmp", path)
 
 
-def meta_of(enc):
+def meta_of(enc):  # for meta.json, so that train.py can size the vocabulary and refuse a mismatch
     return {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
-
-
-def write_meta(data_dir, enc):
-    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
-    write_json(os.path.join(data_dir, "meta.json"), meta_of(enc))
 
 
 def read_meta(data_dir):
@@ -122,7 +117,7 @@ def build_byte_corpus(data_dir, name, docs, val_every):
     tmp = tempfile.mkdtemp(dir=parent)
     write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
     write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    write_meta(tmp, enc)
+    write_json(os.path.join(tmp, "meta.json"), meta_of(enc))
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, data_dir)
@@ -306,7 +301,7 @@ def prepare(args, enc, out_dir):
     docs = open_docs(args, where)
     os.makedirs(out_dir, exist_ok=True)
     remove_tmp(out_dir)
-    write_meta(out_dir, enc)
+    write_json(os.path.join(out_dir, "meta.json"), meta_of(enc))
     # the first chunk is redone whole, not entered at the skip: then every chunk, and so the progress
     # file too, comes out as in an uninterrupted run
     skip, drop = starts[k]["skip"], starts[k]["offset"]
