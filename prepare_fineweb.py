@@ -271,11 +271,10 @@ def prepare(args, enc, out_dir):
     """Stream, tokenize and shard; returns the number of tokens this run wrote."""
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
-    has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
-    if ((has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train"))
-            and read_meta(out_dir) != meta_of(enc)):
-        theirs = read_meta(out_dir)["tokenizer"]
-        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; "
+    theirs = read_meta(out_dir)  # GPT-2's where there is no meta.json
+    if theirs != meta_of(enc) and (os.path.exists(os.path.join(out_dir, "meta.json"))
+                                   or list_shards(out_dir, "val") or list_shards(out_dir, "train")):
+        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs['tokenizer']!r}, not {enc.name!r}; "
                          "use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
         {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
@@ -341,9 +340,8 @@ def prepare(args, enc, out_dir):
 # ---- benchmark ----
 
 def bench(args, enc):
-    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input.
-    prepare() goes first: workers forked from a process that has run encode_ordinary_batch's threads
-    are ~15% slower."""
+    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input. prepare()
+    goes first: workers forked from a process that has run encode_ordinary_batch's threads are ~15% slower."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         ours = prepare(args, enc, tmp) / (time.time() - t0)
@@ -368,7 +366,7 @@ def load_tokenizer(name):
             raise UsageError(f"could not read tokenizer file {name}: {short(e)}")
         why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
         raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
-                   "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
+                         "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
     if enc.n_vocab > 2**16:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: "
                          "at most 65,536")
