@@ -37,19 +37,17 @@ DOCS_PER_TASK = 64  # documents per worker task: tens of thousands of tokens, en
 
 # ---- the shard format (llm.c's) and the tokenizers ----
 
-
 def get_tokenizer(name):
     """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
-    if name == "bytes":  # 256 single-byte tokens, end-of-text is 256
-        ranks = {bytes([i]): i for i in range(256)}
-        return tiktoken.Encoding("bytes", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: 256})
-    if name.endswith(".tiktoken"):  # offline: the file tiktoken would download, end-of-text after the ranks
+    if name == "bytes":  # 256 single-byte tokens
+        stem, ranks = "bytes", {bytes([i]): i for i in range(256)}
+    elif name.endswith(".tiktoken"):  # offline: the file tiktoken would download
         from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(name)
-        stem = os.path.basename(name)[: -len(".tiktoken")]
-        return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks,
-                                 special_tokens={EOT: len(ranks)})
-    return tiktoken.get_encoding(name)
+        stem, ranks = os.path.basename(name)[: -len(".tiktoken")], load_tiktoken_bpe(name)
+    else:
+        return tiktoken.get_encoding(name)
+    # end-of-text comes right after the ranks: 256 for bytes, 50256 for GPT-2's file
+    return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
 
 def write_shard(path, tokens):
@@ -67,20 +65,18 @@ def write_shard(path, tokens):
 
 def read_shard(path):
     """Memory-map a shard's tokens, checking its header against its size."""
-    size = os.path.getsize(path)
-    if size < 4 * HEADER_INTS:
-        raise ValueError(f"{path}: {size} bytes is too small for a token shard "
-                         f"(header is {4 * HEADER_INTS} bytes)")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}): not an llm.c token shard")
-    if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
-    n = int(header[2])
-    if size != 4 * HEADER_INTS + 2 * n:
-        raise ValueError(f"{path}: header says {n} tokens but the file holds "
-                         f"{(size - 4 * HEADER_INTS) / 2:g}: truncated or corrupt")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * HEADER_INTS, shape=(n,))
+    size, head = os.path.getsize(path), 4 * HEADER_INTS
+    if size < head:
+        raise ValueError(f"{path}: {size} bytes is too small for a token shard (header is {head} bytes)")
+    magic, version, n = np.fromfile(path, dtype=np.int32, count=3).tolist()
+    if magic != SHARD_MAGIC:
+        raise ValueError(f"{path}: bad magic {magic} (expected {SHARD_MAGIC}): not an llm.c token shard")
+    if version != SHARD_VERSION:
+        raise ValueError(f"{path}: unsupported shard version {version} (expected {SHARD_VERSION})")
+    if size != head + 2 * n:
+        raise ValueError(f"{path}: header says {n} tokens but the file holds {(size - head) / 2:g}: "
+                         "truncated or corrupt")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=head, shape=(n,))
 
 
 def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the old file or the new
@@ -89,13 +85,8 @@ def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the
     os.replace(path + ".tmp", path)
 
 
-def meta_of(enc):
+def meta_of(enc):  # for meta.json, so that train.py can size the vocabulary and refuse a mismatch
     return {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
-
-
-def write_meta(data_dir, enc):
-    """Record which tokenizer made the shards, so train.py can size the vocabulary and refuse a mismatch."""
-    write_json(os.path.join(data_dir, "meta.json"), meta_of(enc))
 
 
 def read_meta(data_dir):
@@ -126,7 +117,7 @@ def build_byte_corpus(data_dir, name, docs, val_every):
     tmp = tempfile.mkdtemp(dir=parent)
     write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
     write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    write_meta(tmp, enc)
+    write_json(os.path.join(tmp, "meta.json"), meta_of(enc))
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, data_dir)
@@ -280,11 +271,10 @@ def prepare(args, enc, out_dir):
     """Stream, tokenize and shard; returns the number of tokens this run wrote."""
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
-    has_meta = os.path.exists(os.path.join(out_dir, "meta.json"))
-    if ((has_meta or list_shards(out_dir, "val") or list_shards(out_dir, "train"))
-            and read_meta(out_dir) != meta_of(enc)):
-        theirs = read_meta(out_dir)["tokenizer"]
-        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs!r}, not {enc.name!r}; "
+    theirs = read_meta(out_dir)  # GPT-2's where there is no meta.json
+    if theirs != meta_of(enc) and (os.path.exists(os.path.join(out_dir, "meta.json"))
+                                   or list_shards(out_dir, "val") or list_shards(out_dir, "train")):
+        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs['tokenizer']!r}, not {enc.name!r}; "
                          "use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
         {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
@@ -310,7 +300,7 @@ def prepare(args, enc, out_dir):
     docs = open_docs(args, where)
     os.makedirs(out_dir, exist_ok=True)
     remove_tmp(out_dir)
-    write_meta(out_dir, enc)
+    write_json(os.path.join(out_dir, "meta.json"), meta_of(enc))
     # the first chunk is redone whole, not entered at the skip: then every chunk, and so the progress
     # file too, comes out as in an uninterrupted run
     skip, drop = starts[k]["skip"], starts[k]["offset"]
@@ -350,9 +340,8 @@ def prepare(args, enc, out_dir):
 # ---- benchmark ----
 
 def bench(args, enc):
-    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input.
-    prepare() goes first: workers forked from a process that has run encode_ordinary_batch's threads
-    are ~15% slower."""
+    """prepare() against the obvious one-process loop, encode_ordinary_batch, on the same input. prepare()
+    goes first: workers forked from a process that has run encode_ordinary_batch's threads are ~15% slower."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         ours = prepare(args, enc, tmp) / (time.time() - t0)
@@ -377,7 +366,7 @@ def load_tokenizer(name):
             raise UsageError(f"could not read tokenizer file {name}: {short(e)}")
         why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
         raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
-                   "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
+                         "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
     if enc.n_vocab > 2**16:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: "
                          "at most 65,536")
