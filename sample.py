@@ -18,13 +18,10 @@ import sys
 import torch
 
 from model import LLaMA, ModelConfig
+from prepare_fineweb import short
 from train import Parser, UsageError, decode, get_tokenizer
 
 # ---- the run: model and tokenizer ----
-
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def model_config(ckpt, out_dir):
@@ -54,7 +51,7 @@ def load_model(out_dir, device):
     except UsageError:
         raise
     except Exception as e:  # not a checkpoint, truncated, or written by an incompatible model.py
-        raise UsageError(f"cannot load {path}: {first_line(e)}") from None
+        raise UsageError(f"cannot load {path}: {short(e)}") from None
     return model.to(device).eval(), ckpt["meta"]
 
 
@@ -66,7 +63,7 @@ def load_tokenizer(meta, path):
         enc = get_tokenizer(name)
     except Exception as e:  # tiktoken downloads 'gpt2' on first use; offline that fails, as does a bad file
         hint = "" if path else "; pass the ranks file the shards were made with: --tokenizer=PATH.tiktoken"
-        raise UsageError(f"cannot load tokenizer {name!r} ({first_line(e)}){hint}") from None
+        raise UsageError(f"cannot load tokenizer {name!r} ({short(e)}){hint}") from None
     if enc.n_vocab != meta["vocab_size"]:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab} tokens, but the run was trained on "
                          f"{meta['tokenizer']!r} tokens ({meta['vocab_size']}); "
@@ -80,7 +77,7 @@ def encode_start(enc, start):
         start.encode("utf-8")  # a shell may hand over bytes that are not UTF-8 (lone surrogates here)
         ids = enc.encode(start)  # text that spells a special token (<|endoftext|>) raises
     except (UnicodeEncodeError, ValueError) as e:
-        raise UsageError(f"--start={start!r} cannot be encoded: {first_line(e)}") from None
+        raise UsageError(f"--start={start!r} cannot be encoded: {short(e)}") from None
     return [enc.eot_token] + ids
 
 # ---- command line ----
