@@ -5,7 +5,7 @@ numpy and tiktoken, no torch. train.py takes the shard format and the tokenizers
     python prepare_fineweb.py                        # sample-10BT -> data/fineweb10B/, 10^8 tokens a shard
     python prepare_fineweb.py --max_tokens=1.8e9     # just enough for the 60M preset (1.68B train tokens)
     python prepare_fineweb.py --edu                  # FineWeb-Edu -> data/edu_fineweb10B/
-    python prepare_fineweb.py --input a.parquet b.jsonl.gz c.txt --tokenizer=../shared/data/gpt2.tiktoken
+    python prepare_fineweb.py --input a.parquet b.jsonl.gz c.txt --tokenizer=gpt2.tiktoken
     python prepare_fineweb.py --input a.parquet --bench   # tokens/s against a one-process loop
 
 Shard 0 is validation, the rest train. Interrupted? Run the same command again: it resumes.
@@ -366,7 +366,7 @@ def load_tokenizer(name):
             raise UsageError(f"could not read tokenizer file {name}: {short(e)}")
         why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
         raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
-                         "e.g. --tokenizer ../shared/data/gpt2.tiktoken")
+                         "e.g. --tokenizer path/to/gpt2.tiktoken")
     if enc.n_vocab > 2**16:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: "
                          "at most 65,536")
