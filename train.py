@@ -523,7 +523,6 @@ def summarize(step, train_loss, val_loss, train_time, seconds, out_dir, **info):
     return summary
 
 
-
 def train(cfg):
     cfg = resolve(cfg)
     rank, world, device = compute_init(cfg)
