@@ -134,7 +134,7 @@ def run_once(cfg, ctx):
               "train": [(r["step"], r["loss"]) for r in records if "loss" in r and r["step"] % 10 == 0],
               "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in records if "val_loss" in r and "alphas" in r],
               "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
-              "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
+              "final_val": summary["val_loss"], "seconds": summary["train_seconds"], "device": records[0]["device"],
               "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
     save_json(path, result)
@@ -447,7 +447,7 @@ def main(argv=None):
         args.studies = [s for s in args.studies if s in ("tiny-adamw", "tiny-muon", "tiny-lanton")] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
     os.makedirs(RESULTS, exist_ok=True)
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    env = {"cpu": T.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}
     report = {"env": env}
     for name, fn in (("cost", cost), ("speed", speed), ("quality", quality)):

@@ -455,13 +455,21 @@ def stop_signals():
             signal.signal(s, handler)
 
 
+def cpu_name():
+    """The CPU's model name where Linux tells it (platform.processor() there is just 'x86_64')."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
 def run_record(cfg, model, device, world, step, meta):
     """The first line of metrics.jsonl (and of each resume): what runs, on what, from which step."""
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "tiktoken": tiktoken.__version__}
     return {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg), "versions": versions,
-            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else platform.processor() or "cpu"),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
 
 
