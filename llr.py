@@ -162,7 +162,7 @@ class LLR:
     """Sets group['lr_scale'] = this layer's multiplier on every group of the given optimizer(s).
 
     Cadence: recompute at the first step() and every `interval` steps while step <= window * total_steps
-    (by default the paper's 60M proportions at any length: 17 recomputes, every total/80 steps, ramp half).
+    (by default the paper's 60M proportions at any length: every total//80 steps, ~17 recomputes, ramp half).
     Schedule of one analysed matrix: a piecewise-linear, continuous multiplier m(s). A recompute at step t
     with target m* places a knot at t: m(t) is unchanged (the value the previous segment gives at t,
     mid-ramp or settled), then m(t + k) = m(t) + (m* - m(t)) * min(1, k / ramp), so the target is reached
