@@ -188,7 +188,8 @@ def studies(args):
                          "LLR, hard switching": lambda b: llr_(b, llr_config=llr.LLRConfig(ramp=0)),
                          "uniform at 3x LR": lambda b: dict(lr=3 * b)})
     yield dict(name="tiny-muon", needs=["tiny-adamw"], base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]), knob="muon_lr",
-               grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one"))})
+               grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
+                                                "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
     yield dict(name="small-adamw", base=lambda found: base("small"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
                          "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True)),
