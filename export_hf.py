@@ -39,7 +39,11 @@ def hf_config(mc, meta):
 
 def export(run_dir, target):
     """Write target/config.json and target/model.safetensors from run_dir/ckpt.pt; the run is only read."""
-    from safetensors.torch import save_file  # an optional extra, like transformers
+    try:
+        from safetensors.torch import save_file  # an optional extra, like transformers
+    except ImportError:
+        raise UsageError("export_hf.py needs safetensors: pip install safetensors "
+                         "(or pip install -r requirements-dev.txt)") from None
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     if not os.path.isfile(ckpt_path):
         raise UsageError(f"{ckpt_path} does not exist; pass the out_dir of a run that has written "

@@ -6,6 +6,7 @@ Tests of export_hf.py: the exported directory loads in transformers and gives ou
 
 import dataclasses
 import os
+import sys
 
 import pytest
 import torch
@@ -69,3 +70,11 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys):
     assert "not an empty directory" in err and len(err.strip().splitlines()) == 1
     assert os.listdir(tmp_path / "hf") == ["keep.txt"] and (tmp_path / "hf" / "keep.txt").read_text() == "mine"
     assert export_hf.main([str(tmp_path / "run")]) == 2  # the target is missing
+
+
+def test_missing_safetensors_is_one_line(tmp_path, capsys, monkeypatch):
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=64, max_seq_len=8))
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # import then raises ImportError, as when not installed
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install safetensors" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "hf").exists()
