@@ -231,11 +231,11 @@ def quality(args):
         found[st["name"]] = best
         tuned = dataclasses.replace(cfg, **{st["knob"]: best})
         variants = {"LANTON (tuned)" if cfg.lanton else "uniform (tuned)": sweep[best]}
+        results[st["name"]] = variants
+        if st["name"] not in args.studies:  # a study built on needs its tuned value and runs, not its variants
+            continue
         for name, fn in st["variants"].items():
             variants[name] = [run_once(dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s), ctx) for s in range(args.seeds)]
-        results[st["name"]] = variants
-        if st["name"] not in args.studies:
-            continue
         ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
         ref_mean, ref_se = mean_se([r["final_val"] for r in ref_runs])
         info = f"{cfg.preset}, {cfg.max_steps} x {cfg.batch_size * cfg.seq_len} tokens ({ref_runs[0]['tokens'] / ref_runs[0]['params']:.1f}/param)"
