@@ -260,7 +260,8 @@ def quality(args):
             verdict = "reference" if is_ref else f"{m - ref_mean:+.4f} ({'yes' if rows[-1]['significant'] else 'no'})"
             table.append(f"| {st['name']} | {name}, {len(rs)} seeds | {lr} | {m:.4f} ± {se:.4f} | {verdict} | "
                          f"{'%.2fx' % speedup if speedup else '' if is_ref else '< 1x'} | {100 * overhead:.1f}% |")
-        plot_study(st["name"], variants)
+        vs = st.get("vs")  # a study compared with another's tuned runs draws them too
+        plot_study(st["name"], {f"{vs}: uniform (tuned)": ref_runs, **variants} if vs else variants)
     header = ["| study | run | peak LR | final val loss (mean ± s.e.) | vs tuned uniform (> 2 s.e.?) | speedup | LR-method time |",
               "|---|---|---|---|---|---|---|"]
     return {"rows": rows, "table": "\n".join(header + table), "tuned": found,
