@@ -10,7 +10,9 @@ Results go to results/ (JSON, markdown tables, PNG plots if matplotlib is instal
 """
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -68,6 +70,21 @@ def start_over(out):
             os.remove(os.path.join(out, name))
 
 
+@contextlib.contextmanager
+def claim(out, wait=True):
+    """Hold out's lock while making its run, so that benchmark processes running side by side never make
+    the same run (the OS releases the lock of a process that dies). Yields False, without waiting, where
+    another process holds it and wait is False."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when f closes
+
+
 def save_json(path, obj, **kw):
     """Written aside, then renamed: an interrupted benchmark never leaves half a result."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -110,35 +127,42 @@ def command(cfg):
     return T.command_line(dataclasses.replace(cfg, out_dir="", log_interval=T.TrainConfig.log_interval))
 
 
-def run_once(cfg, ctx):
-    """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
-    h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
-    method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
-    lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
-    key = f"{cfg.preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
-    path = os.path.join(RESULTS, "runs", key + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    out = os.path.join(RESULTS, "out", key)
+def make_run(cfg, ctx, key, settings, out):
+    """Train one run into out and return its record: settings, curves, alphas, multipliers, final loss."""
     start_over(out)  # a run cut off before it finished starts over
     print(f"run {key}: {command(cfg)}", flush=True)
     summary = T.train(dataclasses.replace(cfg, out_dir=out))
     if summary["step"] != cfg.max_steps:  # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
         raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; run the benchmark again to redo it")
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    result = {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"], "code": ctx["code"],
-              "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len, "params": records[0]["params"],
-              "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
-              "train": [(r["step"], r["loss"]) for r in records if "loss" in r and r["step"] % 10 == 0],
-              "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in records if "val_loss" in r and "alphas" in r],
-              "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
-              "final_val": summary["val_loss"], "seconds": summary["train_seconds"], "device": records[0]["device"],
-              "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
-    save_json(path, result)
-    return result
+    return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"], "code": ctx["code"],
+            "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len, "params": records[0]["params"],
+            "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
+            "train": [(r["step"], r["loss"]) for r in records if "loss" in r and r["step"] % 10 == 0],
+            "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in records if "val_loss" in r and "alphas" in r],
+            "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
+            "final_val": summary["val_loss"], "seconds": summary["train_seconds"], "device": records[0]["device"],
+            "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
+
+
+def run_once(cfg, ctx, wait=True):
+    """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped.
+    None, at once, where wait is False and another benchmark process is making it."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
+    method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
+    lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
+    key = f"{cfg.preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
+    path, out = os.path.join(RESULTS, "runs", key + ".json"), os.path.join(RESULTS, "out", key)
+    if not os.path.exists(path):
+        with claim(out, wait) as mine:
+            if not mine:
+                return None
+            if not os.path.exists(path):  # another process may have made it while this one waited
+                save_json(path, make_run(cfg, ctx, key, settings, out))
+    with open(path) as f:
+        return json.load(f)
 
 
 def mean_se(xs):
@@ -234,8 +258,19 @@ def quality(args):
         results[st["name"]] = variants
         if st["name"] not in args.studies:  # a study built on needs its tuned value and runs, not its variants
             continue
-        for name, fn in st["variants"].items():
-            variants[name] = [run_once(dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s), ctx) for s in range(args.seeds)]
+        # the variants' runs, those that another benchmark process is making left for later, so that
+        # two processes on one study share its runs
+        todo = {(name, s): dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s)
+                for name, fn in st["variants"].items() for s in range(args.seeds)}
+        done = {}
+        while todo:
+            for k in list(todo):
+                if (run := run_once(todo[k], ctx, wait=False)) is not None:
+                    done[k] = run
+                    del todo[k]
+            time.sleep(30 if todo else 0)
+        for name in st["variants"]:
+            variants[name] = [done[name, s] for s in range(args.seeds)]
         ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
         ref_mean, ref_se = mean_se([r["final_val"] for r in ref_runs])
         info = f"{cfg.preset}, {cfg.max_steps} x {cfg.batch_size * cfg.seq_len} tokens ({ref_runs[0]['tokens'] / ref_runs[0]['params']:.1f}/param)"

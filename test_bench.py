@@ -1,0 +1,21 @@
+"""
+Tests of bench.py's own machinery (the benchmark itself runs in miniature in test_train.py's smoke test).
+
+    python -m pytest -q test_bench.py
+"""
+
+import bench
+
+
+def test_a_run_held_by_another_process_is_left_to_it(tmp_path):
+    out = str(tmp_path / "out" / "run")
+    with bench.claim(out, wait=False) as first:
+        with bench.claim(out, wait=False) as second:  # another open file: flock conflicts as across processes
+            assert first and not second
+    with bench.claim(out, wait=False) as again:  # released when its holder is done
+        assert again
+
+
+def test_steps_to_reach_interpolates_between_evaluations():
+    curve = [(0, 3.0), (10, 2.0), (20, 1.0)]
+    assert bench.steps_to_reach(curve, 1.5) == 15 and bench.steps_to_reach(curve, 0.5) is None
