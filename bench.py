@@ -268,7 +268,8 @@ def quality(args):
                 if (run := run_once(todo[k], ctx, wait=False)) is not None:
                     done[k] = run
                     del todo[k]
-            time.sleep(30 if todo else 0)
+            if todo:  # the rest are another process's: look again shortly
+                time.sleep(30)
         for name in st["variants"]:
             variants[name] = [done[name, s] for s in range(args.seeds)]
         ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
