@@ -61,6 +61,7 @@ SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280}
 GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04], "lanton": [0.01, 0.02, 0.04, 0.08]}
 NOT_IN_KEY = set(T.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}  # settings that do not change a run's record
 FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)  # the official absolute cadence, whatever the run length
+RETRY = 30  # seconds between looks at runs another benchmark process holds
 
 
 def start_over(out):
@@ -71,14 +72,14 @@ def start_over(out):
 
 
 @contextlib.contextmanager
-def claim(out, wait=True):
+def claim(out):
     """Hold out's lock while making its run, so that benchmark processes running side by side never make
     the same run (the OS releases the lock of a process that dies). Yields False, without waiting, where
-    another process holds it and wait is False."""
+    another process holds it."""
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".lock", "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -146,9 +147,9 @@ def make_run(cfg, ctx, key, settings, out):
             "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
 
 
-def run_once(cfg, ctx, wait=True):
+def run_once(cfg, ctx):
     """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped.
-    None, at once, where wait is False and another benchmark process is making it."""
+    None, at once, where another benchmark process is making it."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
     h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
     method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
@@ -156,13 +157,27 @@ def run_once(cfg, ctx, wait=True):
     key = f"{cfg.preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
     path, out = os.path.join(RESULTS, "runs", key + ".json"), os.path.join(RESULTS, "out", key)
     if not os.path.exists(path):
-        with claim(out, wait) as mine:
+        with claim(out) as mine:
             if not mine:
                 return None
-            if not os.path.exists(path):  # another process may have made it while this one waited
+            if not os.path.exists(path):  # another process may have finished it since the first look
                 save_json(path, make_run(cfg, ctx, key, settings, out))
     with open(path) as f:
         return json.load(f)
+
+
+def run_all(cfgs, ctx):
+    """{name: run} of {name: config}. Runs another benchmark process is making are left for later and looked
+    at again every RETRY seconds, so that processes side by side on one study share its runs."""
+    todo, done = dict(cfgs), {}
+    while todo:
+        for k in list(todo):
+            if (run := run_once(todo[k], ctx)) is not None:
+                done[k] = run
+                del todo[k]
+        if todo:
+            time.sleep(RETRY)
+    return done
 
 
 def mean_se(xs):
@@ -180,18 +195,20 @@ def steps_to_reach(curve, target):
 def tune(cfg, knob, grid, ctx, args):
     """Sweep one setting over a factor-2 grid (sweep_seeds seeds each), widening while the best sits on an edge
     (at most two more points); the best then gets all seeds. Seeds count up from cfg.seed. Returns (best, {value: runs})."""
-    runs = lambda v, n: [run_once(dataclasses.replace(cfg, **{knob: v}, seed=cfg.seed + s), ctx) for s in range(n)]
+    def runs(values, n):
+        done = run_all({(v, s): dataclasses.replace(cfg, **{knob: v}, seed=cfg.seed + s) for v in values for s in range(n)}, ctx)
+        return {v: [done[v, s] for s in range(n)] for v in values}
     grid = sorted(grid)
-    sweep = {v: runs(v, args.sweep_seeds) for v in grid}
+    sweep = runs(grid, args.sweep_seeds)
     for _ in range(2):
         best = min(sweep, key=lambda v: statistics.mean(r["final_val"] for r in sweep[v]))
         edge = grid[0] / 2 if best == grid[0] else grid[-1] * 2 if best == grid[-1] else None
         if edge is None or len(grid) == 1:
             break
         grid = sorted(grid + [edge])
-        sweep[edge] = runs(edge, args.sweep_seeds)
+        sweep |= runs([edge], args.sweep_seeds)
     best = min(sweep, key=lambda v: statistics.mean(r["final_val"] for r in sweep[v]))
-    sweep[best] = runs(best, args.seeds)
+    sweep |= runs([best], args.seeds)
     return best, sweep
 
 
@@ -225,6 +242,8 @@ def studies(args):
                knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
     yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
                grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
+    yield dict(name="small-muon", needs=["small-adamw"], base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
+               knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_})
 
 
 STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
@@ -258,18 +277,8 @@ def quality(args):
         results[st["name"]] = variants
         if st["name"] not in args.studies:  # a study built on needs its tuned value and runs, not its variants
             continue
-        # the variants' runs, those that another benchmark process is making left for later, so that
-        # two processes on one study share its runs
-        todo = {(name, s): dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s)
-                for name, fn in st["variants"].items() for s in range(args.seeds)}
-        done = {}
-        while todo:
-            for k in list(todo):
-                if (run := run_once(todo[k], ctx, wait=False)) is not None:
-                    done[k] = run
-                    del todo[k]
-            if todo:  # the rest are another process's: look again shortly
-                time.sleep(30)
+        done = run_all({(name, s): dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s)
+                        for name, fn in st["variants"].items() for s in range(args.seeds)}, ctx)
         for name in st["variants"]:
             variants[name] = [done[name, s] for s in range(args.seeds)]
         ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
