@@ -16,6 +16,13 @@ def test_a_run_held_by_another_process_is_left_to_it(tmp_path):
         assert again
 
 
+def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):  # Windows: one process at a time
+    monkeypatch.setattr(bench, "fcntl", None)
+    out = str(tmp_path / "out" / "run")
+    with bench.claim(out) as first, bench.claim(out) as second:
+        assert first and second
+
+
 def test_steps_to_reach_interpolates_between_evaluations():
     curve = [(0, 3.0), (10, 2.0), (20, 1.0)]
     assert bench.steps_to_reach(curve, 1.5) == 15 and bench.steps_to_reach(curve, 0.5) is None
