@@ -239,6 +239,36 @@ def test_resume_refuses_changed_settings(tmp_path, data_dir):
         T.train(small(tmp_path, data_dir, resume=True))
 
 
+def test_wandb_gets_every_number_of_metrics_jsonl(tmp_path, data_dir, monkeypatch):
+    """--wandb logs what metrics.jsonl holds (numbers only, nested dicts flattened, a method's records under its
+    name) at each record's step; with a fake wandb module, as the real one needs an account."""
+    logged, finished, inits = [], [], []
+
+    class Run:
+        log = lambda self, data, step: logged.append((step, data))
+        finish = lambda self: finished.append(True)
+    fake = type(sys)("wandb")
+    fake.init = lambda **kw: inits.append(kw) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    T.train(small(tmp_path, data_dir, llr=True, wandb="proj"))
+    assert inits[0]["project"] == "proj" and inits[0]["config"]["lr"] == T.TrainConfig.lr and finished == [True]
+    records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")][1:]
+    assert len(logged) == len(records)
+    for (step, data), r in zip(logged, records):
+        assert step == r["step"]
+        if "loss" in r:
+            assert data == {k: r[k] for k in ("loss", "lr", "grad_norm", "ms")}
+        if "val_loss" in r:
+            assert data["val_loss"] == r["val_loss"] and "sample" not in data
+            assert data["alphas/layers.0.mlp.up_proj.weight"] == r["alphas"]["layers.0.mlp.up_proj.weight"]
+        if r.get("method") == "llr":
+            assert data["llr/multipliers/lm_head.weight"] == r["multipliers"]["lm_head.weight"] == 3.0
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: the usual one-line error, before any work
+    with pytest.raises(T.UsageError, match="pip install wandb"):
+        T.train(small(tmp_path / "none", data_dir, wandb="proj"))
+    assert not (tmp_path / "none").exists()
+
+
 def test_non_finite_loss_keeps_last_checkpoint(tmp_path, data_dir):
     cfg = small(tmp_path, data_dir, max_steps=30)
     T.train(dataclasses.replace(cfg, stop_after=10))

@@ -151,6 +151,7 @@ class TrainConfig:
     eval_steps: int = 10              # validation batches per evaluation
     log_interval: int = 10            # console line every this many steps
     sample_tokens: int = 64           # length of the sample printed and logged at each evaluation; 0 = off
+    wandb: str = ""                   # also log to this Weights & Biases project (pip install wandb); empty = off
     resume: bool = False              # continue from out_dir/ckpt.pt
     stop_after: int = 0               # end this invocation after this many steps, with a checkpoint; 0 = off
 
@@ -267,6 +268,12 @@ def check_config(cfg):
                          f"--max_steps={cfg.max_steps}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device=cuda but no CUDA device is available; use --device=cpu")
+    if cfg.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--wandb={cfg.wandb} needs the wandb package: pip install wandb, "
+                             "or leave --wandb out") from None
     if cfg.data and not os.path.isdir(cfg.data):
         raise UsageError(f"--data={cfg.data} is not a directory; make shards with prepare_fineweb.py "
                          "or leave --data out")
@@ -403,16 +410,18 @@ def set_rng_state(state):
 
 # settings a resumed run may change; every other setting must match its checkpoint's
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device",
-            "out_dir", "sample_tokens")
+            "out_dir", "sample_tokens", "wandb")
 
 
 class Metrics:
-    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only. A run that fails before
-    its first step calls close(discard=True) to take back what it wrote: its lines, and out_dir if it
-    made it (no checkpoint exists yet, and another run's files are never touched)."""
+    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only, and the numbers of every
+    record with a step to a wandb run if one is given. A run that fails before its first step calls
+    close(discard=True) to take back what it wrote: its lines, and out_dir if it made it (no checkpoint
+    exists yet, and another run's files are never touched)."""
 
-    def __init__(self, out_dir, append, master):
+    def __init__(self, out_dir, append, master, wandb_run=None):
         self.out_dir, self.path, self.file = out_dir, os.path.join(out_dir, "metrics.jsonl"), None
+        self.wandb = wandb_run
         if master:
             self.made_dir = not os.path.isdir(out_dir)
             self.size = os.path.getsize(self.path) if os.path.exists(self.path) else None
@@ -423,11 +432,20 @@ class Metrics:
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.wandb and "step" in record:  # the numbers, flattened: alphas/<matrix>, llr/multipliers/<matrix>
+            flat, prefix = {}, f"{record['method']}/" if "method" in record else ""
+            for key, value in record.items():
+                for name, x in value.items() if isinstance(value, dict) else [("", value)]:
+                    if key != "step" and isinstance(x, (int, float)):
+                        flat[prefix + (f"{key}/{name}" if name else key)] = x
+            self.wandb.log(flat, step=record["step"])
 
     def close(self, discard=False):
         if not self.file or self.file.closed:
             return
         self.file.close()
+        if self.wandb:
+            self.wandb.finish()
         if discard:
             if self.size is None:
                 os.remove(self.path)
@@ -582,7 +600,12 @@ def train(cfg):
             seconds["samples"] += time.perf_counter() - t1
         return record
 
-    metrics = Metrics(out_dir, cfg.resume, master)
+    wandb_run = None
+    if master and cfg.wandb:  # each invocation one wandb run; a resumed run's segments share a group
+        import wandb
+        name = os.path.basename(os.path.abspath(out_dir))
+        wandb_run = wandb.init(project=cfg.wandb, name=name, group=name, config=dataclasses.asdict(cfg))
+    metrics = Metrics(out_dir, cfg.resume, master, wandb_run)
     metrics.write(run_record(cfg, model, device, world, step, meta))
     start, stopping, train_time, val_loss, loss_val = step, False, 0.0, None, None
     with stop_signals() as signalled:
