@@ -176,13 +176,16 @@ def run_once(cfg, ctx):
 def run_all(cfgs, ctx):
     """{name: run} of {name: config}. Runs another benchmark process is making are left for later and looked
     at again every RETRY seconds, so that processes side by side on one study share its runs."""
-    todo, done = dict(cfgs), {}
+    todo, done, waiting = dict(cfgs), {}, 0
     while todo:
         for k in list(todo):
             if (run := run_once(todo[k], ctx)) is not None:
                 done[k] = run
                 del todo[k]
         if todo:
+            if len(todo) != waiting:
+                waiting = len(todo)
+                print(f"waiting for {waiting} run(s) that another benchmark process is making", flush=True)
             time.sleep(RETRY)
     return done
 

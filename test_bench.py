@@ -4,9 +4,12 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
     python -m pytest -q test_bench.py
 """
 
+import pytest
+
 import bench
 
 
+@pytest.mark.skipif(bench.fcntl is None, reason="no fcntl (Windows): no locks")
 def test_a_run_held_by_another_process_is_left_to_it(tmp_path):
     out = str(tmp_path / "out" / "run")
     with bench.claim(out) as first:

@@ -246,23 +246,29 @@ def test_wandb_gets_every_number_of_metrics_jsonl(tmp_path, data_dir, monkeypatc
 
     class Run:
         log = lambda self, data, step: logged.append((step, data))
-        finish = lambda self: finished.append(True)
+        finish = lambda self, exit_code: finished.append(exit_code)
     fake = type(sys)("wandb")
     fake.init = lambda **kw: inits.append(kw) or Run()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     T.train(small(tmp_path, data_dir, llr=True, wandb="proj"))
-    assert inits[0]["project"] == "proj" and inits[0]["config"]["lr"] == T.TrainConfig.lr and finished == [True]
+    assert inits[0]["project"] == "proj" and inits[0]["config"]["lr"] == T.TrainConfig.lr and finished == [0]
     records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")][1:]
-    assert len(logged) == len(records)
+    assert [step for step, _ in logged] == [r["step"] for r in records] == sorted(r["step"] for r in records)
+    kinds = [[r for r in records if key in r] for key in ("loss", "val_loss", "method")]
+    assert all(kinds)  # steps, evaluations and LLR's recomputes were all sent
     for (step, data), r in zip(logged, records):
-        assert step == r["step"]
         if "loss" in r:
             assert data == {k: r[k] for k in ("loss", "lr", "grad_norm", "ms")}
         if "val_loss" in r:
             assert data["val_loss"] == r["val_loss"] and "sample" not in data
             assert data["alphas/layers.0.mlp.up_proj.weight"] == r["alphas"]["layers.0.mlp.up_proj.weight"]
-        if r.get("method") == "llr":
+        if "method" in r:
             assert data["llr/multipliers/lm_head.weight"] == r["multipliers"]["lm_head.weight"] == 3.0
+    # a run that fails is marked failed
+    monkeypatch.setattr(T, "lr_mult", lambda step, cfg: float("nan") if step == 5 else 1.0)
+    with pytest.raises(FloatingPointError):
+        T.train(small(tmp_path / "nan", data_dir, wandb="proj", max_steps=10))
+    assert finished == [0, 1]
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: the usual one-line error, before any work
     with pytest.raises(T.UsageError, match="pip install wandb"):
         T.train(small(tmp_path / "none", data_dir, wandb="proj"))

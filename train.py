@@ -440,12 +440,10 @@ class Metrics:
                         flat[prefix + (f"{key}/{name}" if name else key)] = x
             self.wandb.log(flat, step=record["step"])
 
-    def close(self, discard=False):
+    def close(self, failed=False, discard=False):
         if not self.file or self.file.closed:
             return
         self.file.close()
-        if self.wandb:
-            self.wandb.finish()
         if discard:
             if self.size is None:
                 os.remove(self.path)
@@ -453,6 +451,8 @@ class Metrics:
                 os.truncate(self.path, self.size)  # a resume appends: cut back to what was there
             if self.made_dir and not os.listdir(self.out_dir):
                 os.rmdir(self.out_dir)
+        if self.wandb:
+            self.wandb.finish(exit_code=int(failed))  # wandb shows a failed run as failed
 
 
 @contextmanager
@@ -679,7 +679,7 @@ def train(cfg):
                     print0(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr0:.2e} | "
                            f"norm {norm_val:.2f} | {1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s{mfu}")
         except BaseException:
-            metrics.close(discard=step == start)  # failed before its first step: leave out_dir as we found it
+            metrics.close(failed=True, discard=step == start)  # failed before its first step: leave out_dir as we found it
             raise
         finally:
             metrics.close()
