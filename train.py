@@ -414,19 +414,23 @@ RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval
 
 
 class Metrics:
-    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only, and the numbers of every
-    record with a step to a wandb run if one is given. A run that fails before its first step calls
-    close(discard=True) to take back what it wrote: its lines, and out_dir if it made it (no checkpoint
-    exists yet, and another run's files are never touched)."""
+    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only, and with --wandb the numbers of
+    every record with a step to a wandb run (each invocation one run; a resumed run's share a group). A run
+    that fails before its first step calls close(discard=True) to take back what it wrote: its lines, and
+    out_dir if it made it (no checkpoint exists yet, and another run's files are never touched)."""
 
-    def __init__(self, out_dir, append, master, wandb_run=None):
-        self.out_dir, self.path, self.file = out_dir, os.path.join(out_dir, "metrics.jsonl"), None
-        self.wandb = wandb_run
+    def __init__(self, cfg, master):
+        out_dir = cfg.out_dir
+        self.out_dir, self.path, self.file, self.wandb = out_dir, os.path.join(out_dir, "metrics.jsonl"), None, None
+        if master and cfg.wandb:
+            import wandb
+            name = os.path.basename(os.path.abspath(out_dir))
+            self.wandb = wandb.init(project=cfg.wandb, name=name, group=name, config=dataclasses.asdict(cfg))
         if master:
             self.made_dir = not os.path.isdir(out_dir)
             self.size = os.path.getsize(self.path) if os.path.exists(self.path) else None
             os.makedirs(out_dir, exist_ok=True)
-            self.file = open(self.path, "a" if append else "w")
+            self.file = open(self.path, "a" if cfg.resume else "w")  # a resume appends
 
     def write(self, record):
         if self.file:
@@ -600,12 +604,7 @@ def train(cfg):
             seconds["samples"] += time.perf_counter() - t1
         return record
 
-    wandb_run = None
-    if master and cfg.wandb:  # each invocation one wandb run; a resumed run's segments share a group
-        import wandb
-        name = os.path.basename(os.path.abspath(out_dir))
-        wandb_run = wandb.init(project=cfg.wandb, name=name, group=name, config=dataclasses.asdict(cfg))
-    metrics = Metrics(out_dir, cfg.resume, master, wandb_run)
+    metrics = Metrics(cfg, master)
     metrics.write(run_record(cfg, model, device, world, step, meta))
     start, stopping, train_time, val_loss, loss_val = step, False, 0.0, None, None
     with stop_signals() as signalled:
