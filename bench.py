@@ -253,7 +253,8 @@ def studies(args):
     yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
                grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
     yield dict(name="small-muon", needs=["small-adamw"], base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
-               knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_})
+               knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, muon_lr=b / 2),
+                                                                 "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
 
 
 STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
