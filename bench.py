@@ -445,13 +445,21 @@ def speed(args):
             opt.zero_grad(set_to_none=True)
 
         fns = {"ours": lambda: step(ours, opt_o, False), "transformers": lambda: step(hf, opt_h, True)}
-        timed_alternately(fns, 2)  # warm up
+        if args.compile:  # what --compile buys (the same weights, through torch.compile)
+            compiled = torch.compile(ours)
+            fns["ours, compiled"] = lambda: step(compiled, opt_o, False)
+        timed_alternately(fns, 2)  # warm up (and compile)
         t = timed_alternately(fns, args.reps)
         tok = args.batch_size * args.seq_len
         rows[preset] = {"ours_tok_s": tok / t["ours"], "hf_tok_s": tok / t["transformers"], "ratio": t["transformers"] / t["ours"],
                         "threads": torch.get_num_threads(), "batch": [args.batch_size, args.seq_len]}
+        note = ""
+        if args.compile:
+            rows[preset] |= {"compiled_tok_s": tok / t["ours, compiled"], "compile_speedup": t["ours"] / t["ours, compiled"]}
+            note = f", ours compiled {tok / t['ours, compiled'] / 1000:.1f}k tok/s ({rows[preset]['compile_speedup']:.2f}x eager)"
         print(f"{preset} train step, {args.batch_size}x{args.seq_len} tokens, float32, {torch.get_num_threads()} threads: ours "
-              f"{tok / t['ours'] / 1000:.1f}k tok/s, transformers {tok / t['transformers'] / 1000:.1f}k tok/s, ratio {rows[preset]['ratio']:.2f}x", flush=True)
+              f"{tok / t['ours'] / 1000:.1f}k tok/s, transformers {tok / t['transformers'] / 1000:.1f}k tok/s, ratio {rows[preset]['ratio']:.2f}x"
+              f"{note}", flush=True)
     # Muon: one optimizer step over the hidden matrices of a preset, ours against torch.optim.Muon
     with torch.device("meta"):
         shapes = [tuple(p.shape) for n, p in LLaMA(PRESETS[args.muon_preset]).named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
