@@ -44,3 +44,11 @@ def test_runs_another_process_holds_are_made_by_it_and_read_last(monkeypatch):
     monkeypatch.setattr(bench, "RETRY", 0)
     assert bench.run_all({1: "a", 2: "b", 3: "c"}, ctx=None) == {1: "A", 2: "B", 3: "C"}
     assert looks == ["a", "b", "c", "b", "b"]
+
+
+@pytest.mark.deadline(600)  # torch.compile on CPU: about half a minute here
+def test_speed_times_the_compiled_step_beside_the_eager_one():
+    import argparse
+    args = argparse.Namespace(speed_presets=["tiny"], seq_len=16, batch_size=2, compile=1, reps=1, muon_preset="tiny")
+    row = bench.speed(args)["tiny"]
+    assert row["compiled_tok_s"] > 0 and row["compile_speedup"] == pytest.approx(row["compiled_tok_s"] / row["ours_tok_s"])
