@@ -233,6 +233,7 @@ def studies(args):
                              compile=bool(args.compile), **kw)
 
     llr_ = lambda b, **kw: dict(llr=True, **kw)
+    mean_one = lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))  # the same allocation with no extra total LR
     yield dict(name="demo", base=lambda found: T.TrainConfig(log_interval=10**9), knob="lr", grid=GRIDS["lr"], variants={"LLR": llr_})
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": llr_, "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE),
@@ -240,21 +241,21 @@ def studies(args):
                          "uniform at 3x LR": lambda b: dict(lr=3 * b)})
     yield dict(name="tiny-muon", needs=["tiny-adamw"], base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]), knob="muon_lr",
                grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
-                                                "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
+                                                "LLR, multipliers of mean 1": mean_one})
     yield dict(name="small-adamw", base=lambda found: base("small"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
-                         "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True)),
+                         "LLR, multipliers of mean 1": mean_one,
                          "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE)})
     yield dict(name="tiny-adamw-official", base=lambda found: base("tiny", beta2=0.999, grad_clip=0.0), knob="lr",
                grid=GRIDS["lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
-                                           "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
+                                           "LLR, multipliers of mean 1": mean_one})
     yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"], base=lambda found: base("tiny", optimizer="muon", lanton=True, lr=found["tiny-adamw"]),
                knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
     yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
                grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
     yield dict(name="small-muon", needs=["small-adamw"], base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
                knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, muon_lr=b / 2),
-                                                                 "LLR, multipliers of mean 1": lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))})
+                                                                 "LLR, multipliers of mean 1": mean_one})
 
 
 STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
