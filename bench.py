@@ -40,6 +40,8 @@ from model import LLaMA, PRESETS
 
 RESULTS = "results"
 STDLIB = os.path.join("data", "stdlib")  # the benchmark's corpus, built on first use
+BPE_VOCAB = 4096
+BPE = os.path.join("data", f"stdlib_torch_bpe{BPE_VOCAB}")  # the same code and torch's, in a 4,096-token BPE
 
 # ---- a corpus that does not repeat within a run: the Python standard library's own source ----
 
@@ -50,7 +52,31 @@ def build_stdlib_corpus(data_dir):
     root = sysconfig.get_paths()["stdlib"]
     files = sorted(f for f in glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py") if "/test" not in f)
     random.Random(0).shuffle(files)
-    T.build_byte_corpus(data_dir, "stdlib", (pathlib.Path(f).read_text("utf-8", "replace") for f in files), val_every=20)
+    T.build_corpus(data_dir, "stdlib", (pathlib.Path(f).read_text("utf-8", "replace") for f in files), val_every=20)
+    return data_dir
+
+
+def build_bpe_corpus(data_dir, gpt2):
+    """The paper's vocabulary share on a CPU: GPT-2's BPE cut to its first BPE_VOCAB - 1 ranks (still a BPE:
+    every merge's parts rank lower) plus end-of-text, so embedding and head are half of tiny's parameters
+    (58% at the paper's 60M). Over the source of the standard library and of the installed torch, shuffled,
+    every 20th file validation: 30.7M training tokens at torch 2.13, three times what one epoch needs.
+    gpt2: 'gpt2' (tiktoken downloads the ranks) or a copy of the ranks file."""
+    import base64
+    import tempfile
+    if T.list_shards(data_dir, "train"):
+        return data_dir
+    roots = [sysconfig.get_paths()["stdlib"], os.path.dirname(torch.__file__)]
+    files = sorted(f for f in glob.glob(f"{roots[0]}/*.py") + glob.glob(f"{roots[0]}/*/*.py") if "/test" not in f)
+    files += sorted(glob.glob(f"{roots[1]}/**/*.py", recursive=True))
+    random.Random(0).shuffle(files)
+    ranks = sorted((r, b) for b, r in T.get_tokenizer(gpt2)._mergeable_ranks.items() if r < BPE_VOCAB - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"gpt2_{BPE_VOCAB}.tiktoken")
+        with open(path, "w") as f:
+            f.writelines(f"{base64.b64encode(b).decode()} {r}\n" for r, b in ranks)
+        T.build_corpus(data_dir, "stdlib_torch", (pathlib.Path(f).read_text("utf-8", "replace") for f in files),
+                       val_every=20, tokenizer=path)
     return data_dir
 
 
@@ -61,9 +87,11 @@ def build_stdlib_corpus(data_dir):
 # and the run is redone; change nothing and the table is rebuilt from the files in seconds, on any machine.
 
 # steps of 16 x 256 tokens: 5.1 tokens per parameter at tiny (1.09M), 5.5 at tiny_gqa (1.00M), 1.05 at small (4.98M)
-SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280}
+# and on the BPE corpus 5.1 at tiny (2.05M, half of them in embedding and head)
+SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280, "tiny_bpe": 2560}
 GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04], "lanton": [0.01, 0.02, 0.04, 0.08]}
 NOT_IN_KEY = set(T.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}  # settings that do not change a run's record
+KEYED_IF_SET = {"embed_head_lr": 1.0}  # controls that enter a run's key only when set, so adding one keys no run anew
 FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)  # the official absolute cadence, whatever the run length
 RETRY = 30  # seconds between looks at runs another benchmark process holds
 
@@ -120,7 +148,7 @@ def code_fingerprint():
     losses = []
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
-        T.build_byte_corpus(data, "fp", (f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 40 for i in range(40)), val_every=10)
+        T.build_corpus(data, "fp", (f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 40 for i in range(40)), val_every=10)
         for i, kw in enumerate([dict(llr=True, llr_config=llr.LLRConfig(interval=2, ramp=1, window=1.0)),
                                 dict(optimizer="muon", lanton=True, llr=True, llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
                                      lanton_config=lanton.LANTONConfig(every=2))]):
@@ -157,11 +185,12 @@ def make_run(cfg, ctx, key, settings, out):
 def run_once(cfg, ctx):
     """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped.
     None, at once, where another benchmark process is making it."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in NOT_IN_KEY and not (k in KEYED_IF_SET and v == KEYED_IF_SET[k])}
     h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
     method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
     lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
-    key = f"{cfg.preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
+    key = f"{cfg.preset}{'_bpe' * (cfg.data == BPE)}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
     path, out = os.path.join(RESULTS, "runs", key + ".json"), os.path.join(RESULTS, "out", key)
     if not os.path.exists(path):
         with claim(out) as mine:
@@ -226,19 +255,22 @@ def studies(args):
     """The comparisons, in the order they run. Each tunes one knob of its base config over a grid, then runs every
     variant at the tuned value with every seed. The base config may use what earlier studies found (`needs`);
     'vs' names the study whose tuned run it is compared with (itself by default)."""
-    def base(size, **kw):
-        steps = args.steps or SIZES[size]
-        return T.TrainConfig(preset=size, data=STDLIB, max_steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+    def base(size, data=STDLIB, **kw):
+        steps = args.steps or SIZES[size if data == STDLIB else f"{size}_bpe"]
+        return T.TrainConfig(preset=size, data=data, max_steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
                              eval_interval=max(1, steps // 20), eval_steps=args.eval_steps, log_interval=10**9,
                              compile=bool(args.compile), **kw)
 
     llr_ = lambda b, **kw: dict(llr=True, **kw)
     mean_one = lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))  # the same allocation with no extra total LR
-    yield dict(name="demo", base=lambda found: T.TrainConfig(log_interval=10**9), knob="lr", grid=GRIDS["lr"], variants={"LLR": llr_})
+    embed_head = lambda b: dict(embed_head_lr=3.0)  # uniform, but embedding and head at LLR's r_max: LLR's second rule alone
+    yield dict(name="demo", base=lambda found: T.TrainConfig(log_interval=10**9), knob="lr", grid=GRIDS["lr"],
+               variants={"LLR": llr_, "uniform at lr=1e-3 (under-tuned)": lambda b: dict(lr=1e-3),
+                         "LLR at lr=1e-3 (under-tuned)": lambda b: llr_(b, lr=1e-3)})
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": llr_, "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE),
                          "LLR, hard switching": lambda b: llr_(b, llr_config=llr.LLRConfig(ramp=0)),
-                         "uniform at 3x LR": lambda b: dict(lr=3 * b)})
+                         "uniform at 3x LR": lambda b: dict(lr=3 * b), "uniform, embed/head at 3x": embed_head})
     yield dict(name="tiny-muon", needs=["tiny-adamw"], base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]), knob="muon_lr",
                grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
                                                 "LLR, multipliers of mean 1": mean_one})
@@ -256,6 +288,9 @@ def studies(args):
     yield dict(name="small-muon", needs=["small-adamw"], base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
                knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, muon_lr=b / 2),
                                                                  "LLR, multipliers of mean 1": mean_one})
+    yield dict(name="tiny_bpe-adamw", base=lambda found: base("tiny", data=BPE), knob="lr", grid=GRIDS["lr"],
+               variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
+                         "uniform, embed/head at 3x": embed_head, "LLR, multipliers of mean 1": mean_one})
 
 
 STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
@@ -267,7 +302,13 @@ def quality(args):
     T.build_embedded_corpus(demo_data)
     code = code_fingerprint()
     print(f"code fingerprint {code}, data {STDLIB} and {demo_data}", flush=True)
-    ctx_of = {d: {"data": [sha(f) for f in T.list_shards(d, "val") + T.list_shards(d, "train")], "code": code} for d in (STDLIB, demo_data)}
+    contexts = {}  # each corpus's shard hashes and the code's fingerprint: what every run's key holds
+
+    def context(d):
+        if d not in contexts:
+            contexts[d] = {"data": [sha(f) for f in T.list_shards(d, "val") + T.list_shards(d, "train")], "code": code}
+        return contexts[d]
+
     plan = list(studies(args))
     needed = set(args.studies)
     for st in reversed(plan):  # what the wanted studies build on runs first
@@ -276,7 +317,9 @@ def quality(args):
     found, results, rows, table = {}, {}, [], []
     for st in (st for st in plan if st["name"] in needed):
         cfg = st["base"](found)
-        ctx = ctx_of[cfg.data or demo_data]
+        if cfg.data == BPE:
+            build_bpe_corpus(BPE, args.gpt2)
+        ctx = context(cfg.data or demo_data)
         grid = st["grid"](found) if callable(st["grid"]) else st["grid"]
         if args.quick:
             cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4, eval_steps=2, compile=False,
@@ -500,6 +543,8 @@ def main(argv=None):
     p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per value of the sweep (the chosen value always gets --seeds)")
     p.add_argument("--steps", type=int, default=0, help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
     p.add_argument("--compile", type=int, default=1, choices=[0, 1], help="torch.compile the benchmark runs (not the demo's)")
+    p.add_argument("--gpt2", default="gpt2", help="GPT-2's BPE ranks for the tiny_bpe corpus: gpt2 (tiktoken downloads them) "
+                                                  "or a copy of the ranks file (PATH.tiktoken)")
     try:
         args = p.parse_args(argv)
     except T.UsageError as e:  # one line and exit status 2, like every script here

@@ -95,7 +95,11 @@ def read_meta(data_dir):
     if not os.path.exists(path):
         return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
     with open(path) as f:
-        return json.load(f)
+        meta = json.load(f)
+    beside = os.path.join(data_dir, meta["tokenizer"])  # a tokenizer file kept beside the shards
+    if os.path.isfile(beside):
+        meta["tokenizer"] = os.path.abspath(beside)
+    return meta
 
 
 def list_shards(data_dir, split):
@@ -103,12 +107,13 @@ def list_shards(data_dir, split):
     return sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
 
 
-def build_byte_corpus(data_dir, name, docs, val_every):
-    """Documents (an iterable of str) as byte tokens in data_dir, every val_every-th one validation.
-    Built aside, then renamed: a concurrent or interrupted build never leaves half a corpus."""
+def build_corpus(data_dir, name, docs, val_every, tokenizer="bytes"):
+    """Documents (an iterable of str) as tokens in data_dir, every val_every-th one validation. A tokenizer
+    given as a file is copied beside the shards, and meta.json names the copy. Built aside, then renamed:
+    a concurrent or interrupted build never leaves half a corpus."""
     if list_shards(data_dir, "train"):
         return
-    enc = get_tokenizer("bytes")
+    enc = get_tokenizer(tokenizer)
     split = {"val": [], "train": []}
     for i, doc in enumerate(docs):
         split["val" if i % val_every == 0 else "train"] += [enc.eot_token] + enc.encode_ordinary(doc)
@@ -117,7 +122,11 @@ def build_byte_corpus(data_dir, name, docs, val_every):
     tmp = tempfile.mkdtemp(dir=parent)
     write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
     write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    write_json(os.path.join(tmp, "meta.json"), meta_of(enc))
+    meta = meta_of(enc)
+    if os.path.isfile(tokenizer):
+        meta["tokenizer"] = os.path.basename(tokenizer)
+        shutil.copy(tokenizer, os.path.join(tmp, meta["tokenizer"]))
+    write_json(os.path.join(tmp, "meta.json"), meta)
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, data_dir)

@@ -516,13 +516,13 @@ def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
 
 def test_muon_split_covers_every_parameter_once():
     model = LLaMA(ModelConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, max_seq_len=8))
-    (adamw, _), (muon, _) = T.build_optimizers(model, T.TrainConfig(optimizer="muon"), fused=False)
+    adamw, muon = T.build_optimizers(model, T.TrainConfig(optimizer="muon"), fused=False)
     muon_names = {g["name"] for g in muon.param_groups}
     assert len(muon_names) == 2 * 7 and not any("embed" in n or "lm_head" in n for n in muon_names)
     adamw_names = {g["name"] for g in adamw.param_groups}
     assert adamw_names | muon_names == {n for n, _ in model.named_parameters()} and not adamw_names & muon_names
     assert adamw.defaults["betas"] == (0.9, 0.95)
-    (adamw, _), = T.build_optimizers(model, T.TrainConfig(beta1=0.8, beta2=0.999), fused=False)  # the official recipe's betas
+    adamw, = T.build_optimizers(model, T.TrainConfig(beta1=0.8, beta2=0.999), fused=False)  # the official recipe's betas
     assert adamw.defaults["betas"] == (0.8, 0.999)
 
 

@@ -34,7 +34,7 @@ from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
 # the shard format and the tokenizers, also importable from here (train.read_shard, train.get_tokenizer, ...)
-from prepare_fineweb import (Parser, UsageError, build_byte_corpus, get_tokenizer, list_shards,  # noqa: F401
+from prepare_fineweb import (Parser, UsageError, build_corpus, get_tokenizer, list_shards,  # noqa: F401
                              read_meta, read_shard, write_shard)
 
 # ---- data: the embedded corpus and the loader ----
@@ -44,7 +44,7 @@ from prepare_fineweb import (Parser, UsageError, build_byte_corpus, get_tokenize
 def build_embedded_corpus(data_dir):
     """Python's own documentation (pydoc_data ships with CPython) as byte tokens: works offline anywhere."""
     from pydoc_data.topics import topics
-    build_byte_corpus(data_dir, "pydoc", (topics[k] for k in sorted(topics)), val_every=10)
+    build_corpus(data_dir, "pydoc", (topics[k] for k in sorted(topics)), val_every=10)
 
 
 class Loader:
@@ -136,6 +136,7 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
     muon_lr: float = 0.02             # Muon peak learning rate
     muon_adjust_lr: str = "original"  # Muon step-size rule: original | match_rms_adamw
+    embed_head_lr: float = 1.0        # embedding and LM head at this multiple of --lr (a control; official: embed_lr)
     # LLR (arXiv 2605.22297); --llr_<field> sets that field of llr.LLRConfig
     llr: bool = False                 # layerwise learning rates from each matrix's heavy-tail alpha
     llr_config: LLRConfig = field(default_factory=LLRConfig)
@@ -257,8 +258,8 @@ def check_config(cfg):
                 "sample_tokens"):
         if getattr(cfg, key) < 0:
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
-    if not (cfg.lr > 0 and cfg.muon_lr > 0):
-        raise UsageError("--lr and --muon_lr must be positive")
+    if not (cfg.lr > 0 and cfg.muon_lr > 0 and cfg.embed_head_lr > 0):
+        raise UsageError("--lr, --muon_lr and --embed_head_lr must be positive")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise UsageError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if not 0 <= cfg.min_lr_ratio <= 1:
@@ -351,11 +352,15 @@ def build_optimizers(model, cfg, fused):
     covered = [id(p) for g in muon + adamw for p in g["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters()), \
         "every parameter in exactly one group"
-    opts = [(torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused), cfg.lr)]
+    # each group's peak lr: the optimizer's, or embedding and head at --embed_head_lr times AdamW's
+    for g in adamw:
+        g["initial_lr"] = cfg.lr * (cfg.embed_head_lr if role[id(g["params"][0])] in ("embed", "head") else 1)
+    for g in muon:
+        g["initial_lr"] = cfg.muon_lr
+    opts = [torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
     if muon:
-        opts.append((Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                          adjust_lr=cfg.muon_adjust_lr), cfg.muon_lr))
-    return opts  # (optimizer, its peak lr)
+        opts.append(Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr=cfg.muon_adjust_lr))
+    return opts
 
 
 def save_checkpoint(path, state, **info):
@@ -567,8 +572,7 @@ def train(cfg):
     # model, optimizers and the layerwise methods (each writes group['lr_scale']); `model` is the bare module
     mcfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]), max_seq_len=T)
     model = LLaMA(mcfg).to(device)
-    optimizers = build_optimizers(model, cfg, fused=device.type == "cuda")
-    opts, controllers = [o for o, _ in optimizers], {}
+    opts, controllers = build_optimizers(model, cfg, fused=device.type == "cuda"), {}
     if cfg.llr:
         controllers["llr"] = LLR(model, opts, cfg.max_steps, cfg.llr_config)
     if cfg.lanton:
@@ -650,18 +654,18 @@ def train(cfg):
                                              "is kept; try a lower --lr")
                 # the one place where learning rates are set: the schedule x each layerwise method's lr_scale
                 mult = lr_mult(step, cfg)
-                for opt, peak in optimizers:
+                for opt in opts:
                     for group in opt.param_groups:
-                        group["lr"] = peak * mult
+                        group["lr"] = group["initial_lr"] * mult
                 for method, controller in controllers.items():
                     info = controller.step(step)  # writes group['lr_scale'] on every group
                     if info:
                         metrics.write({"step": step, "method": method, **info})
                         print0(layer_table(*info.values(), label=next(iter(info))))
-                    for opt, _ in optimizers:
+                    for opt in opts:
                         for group in opt.param_groups:
                             group["lr"] *= group["lr_scale"]
-                for opt, _ in optimizers:
+                for opt in opts:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 if device.type == "cuda":
