@@ -3,12 +3,19 @@ Look at runs: the loss curves of all of them on one figure, and per run how each
 
     python plot.py out/tiny-adamw out/tiny-adamw-llr                  # -> plot.png
     python plot.py out/tiny-adamw out/tiny-adamw-llr --out=runs.pdf   # the extension picks the format
+    python plot.py --esd out/tiny-adamw-llr                           # -> esd.png: the spectra behind LLR
 
 Top: validation loss (dots) and smoothed training loss (thin line) against tokens seen, one colour per run.
 Below, one row per run: a heatmap of the Hill alpha of every weight matrix (rows, in model order) at each
 evaluation (columns), and beside it the LLR / LANTON multipliers where the run has them. Everything comes
 from the runs' metrics.jsonl. Needs matplotlib (an optional extra: pip install matplotlib). The drawing
 functions take matplotlib axes and plain records, so other scripts can draw with them.
+
+With --esd, one run's picture of Heavy-Tailed Self-Regularization: for a few matrices, the eigenvalues of
+W^T W on log-log axes at initialisation (rebuilt from the run's seed) and at its last checkpoint, as the
+fraction of eigenvalues above each value; xmin (the median) dotted, and the power law the Hill estimator fits
+through it, whose slope is 1 - alpha. Below, for an LLR run, the decision LLR took from those alphas at its
+first and last recompute: each matrix's alpha against its multiplier, on the line of the linear map.
 """
 
 import json
@@ -119,6 +126,105 @@ def draw_run(fig, run, alpha_range=(None, None)):
         fig.colorbar(im, ax=ax)
 
 
+# ---- the spectrum of a weight matrix, and LLR's decision ----
+
+
+def middle_matrices(names):
+    """The default matrices to draw: one attention and one MLP matrix of the middle block, and the embedding."""
+    blocks = sorted({int(n.split(".")[1]) for n in names if n.startswith("layers.")})
+    mid = blocks[len(blocks) // 2]
+    wanted = [f"layers.{mid}.self_attn.q_proj.weight", f"layers.{mid}.mlp.down_proj.weight", "embed_tokens.weight"]
+    return [n for n in wanted if n in names]
+
+
+def load_spectra(run_dir, matrices=()):
+    """(step, {name: {"init": eigs, "final": eigs}}): the eigenvalues of W^T W (llr.esd) of some matrices at
+    initialisation, the model rebuilt from the run's seed as train.py builds it, and at the last checkpoint.
+    matrices: full or short names (3.q_proj); empty = middle_matrices."""
+    import torch
+
+    import llr
+    from model import LLaMA, ModelConfig
+    path = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        raise UsageError(f"{path} does not exist; --esd needs a run directory with a checkpoint")
+    ckpt = torch.load(path, map_location="cpu")
+    final = {n: w for n, w in ckpt["model"].items() if w.ndim == 2}
+    by_short = {short(n): n for n in final}
+    names = [by_short.get(m, m) for m in matrices] or middle_matrices(list(final))
+    unknown = [m for m in names if m not in final]
+    if unknown:
+        raise UsageError(f"no matrix {unknown[0]!r} in {path}; choose from {', '.join(list(by_short)[:12])}, ...")
+    torch.manual_seed(ckpt["config"]["seed"])  # what train() does before it builds the model
+    init = LLaMA(ModelConfig(**ckpt["model_config"])).state_dict()
+    return ckpt["step"], {n: {"init": llr.esd(init[n]).tolist(), "final": llr.esd(final[n]).tolist()} for n in names}
+
+
+def draw_esd(ax, eigs, label, color):
+    """One spectrum as its complementary CDF on log-log axes (the fraction of eigenvalues >= each one), xmin
+    dotted, and the Hill power law through xmin: a density lambda^-alpha has a CCDF of slope 1 - alpha, and
+    the tail (the n = N - i largest, xmin = lambda_i included) is n/N of the spectrum. Returns (alpha, line)."""
+    import llr
+    lam = sorted(eigs)
+    N, i = len(lam), int(len(lam) / 2)  # xmin at the median, as llr.hill_alpha's default xmin_pos = 2
+    alpha, xmin = llr.hill_alpha(lam), lam[i]
+    ax.loglog(lam, [(N - k) / N for k in range(N)], ".", ms=3, color=color, alpha=0.6)
+    xs = [xmin, lam[-1]]
+    (line,) = ax.loglog(xs, [(N - i) / N * (x / xmin) ** (1 - alpha) for x in xs], "-", color=color, lw=1.5,
+                        label=f"{label}: alpha {alpha:.2f}")
+    ax.axvline(xmin, ls=":", color=color, lw=0.8)
+    return alpha, line
+
+
+def draw_decision(ax, record, r_min, r_max):
+    """LLR's decision at one recompute: every matrix's alpha against the multiplier it was given, by layer
+    type; the block matrices lie on the linear map from (alpha_min, r_min) to (alpha_max, r_max), embedding
+    and head sit at r_max (or 1) whatever their alpha."""
+    from llr import LAYER_TYPES
+    points = {}
+    for name, m in record["multipliers"].items():
+        kind = next((k for k, key in LAYER_TYPES if key in name), "other")
+        points.setdefault(kind, []).append((record["alphas"][name], m))
+    block = [a for kind, ps in points.items() if kind not in ("embed", "head") for a, _ in ps]
+    ax.plot([min(block), max(block)], [r_min, r_max], "-", color="0.7", lw=1, label="linear map")
+    colors = {k: f"C{j}" for j, (k, _) in enumerate(LAYER_TYPES)}  # one colour per layer type in every panel
+    for kind, ps in points.items():
+        ax.plot(*zip(*ps), "o" if kind not in ("embed", "head") else "s", color=colors.get(kind, "k"), ms=5,
+                label=kind)
+    ax.set(xlabel="alpha (heavier tail <- -> lighter tail)", ylabel="LR multiplier",
+           title=f"LLR's decision at step {record['step']}")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def plot_esd(run_dir, out, matrices=()):
+    """The --esd figure; returns {name: (alpha at init, alpha at the checkpoint)}."""
+    plt = pyplot()
+    if plt is None:
+        raise ImportError("plot.py needs matplotlib: pip install matplotlib")
+    step, spectra = load_spectra(run_dir, matrices)
+    run = load_run(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        llr_cfg = json.loads(f.readline())["config"]["llr_config"]
+    recomputes = run["llr"][:1] + run["llr"][1:][-1:]  # the first and the last
+    rows = 2 if recomputes else 1
+    fig = plt.figure(figsize=(4 * max(len(spectra), 2), 3.6 * rows), layout="constrained")
+    top, *bottom = fig.subfigures(rows, 1, squeeze=False)[:, 0]
+    fitted = {}
+    for ax, (name, eigs) in zip(top.subplots(1, len(spectra), squeeze=False)[0], spectra.items()):
+        a0, _ = draw_esd(ax, eigs["init"], "init", "C0")
+        a1, _ = draw_esd(ax, eigs["final"], f"step {step}", "C3")
+        fitted[name] = (a0, a1)
+        ax.set(title=short(name), xlabel="eigenvalue of W^T W", ylabel="fraction of eigenvalues >= x")
+        ax.legend(fontsize=8)
+    top.suptitle(f"{run['name']}: spectra at initialisation and at step {step}")
+    if recomputes:
+        for ax, record in zip(bottom[0].subplots(1, len(recomputes), squeeze=False)[0], recomputes):
+            draw_decision(ax, record, llr_cfg["r_min"], llr_cfg["r_max"])
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return fitted
+
+
 def plot_runs(run_dirs, out):
     plt = pyplot()
     if plt is None:
@@ -144,9 +250,22 @@ def main(argv=None):
     p = Parser(prog="plot.py", description="Plot loss curves and per-matrix alpha heatmaps of train.py runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="directories holding metrics.jsonl (train.py's out_dir)")
-    p.add_argument("--out", default="plot.png", metavar="FILE", help="figure file; .png, .pdf, .svg ...")
+    p.add_argument("--out", default="", metavar="FILE",
+                   help="figure file; .png, .pdf, .svg ... (default: plot.png, or esd.png with --esd)")
+    p.add_argument("--esd", action="store_true", help="the spectra of one run's matrices, and LLR's decision")
+    p.add_argument("--matrices", default="", metavar="NAMES",
+                   help="with --esd: comma-separated matrices, e.g. 2.q_proj,2.up_proj,lm_head (default: "
+                        "an attention and an MLP matrix of the middle block, and the embedding)")
     try:
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        args.out = args.out or ("esd.png" if args.esd else "plot.png")
+        if args.esd:
+            if len(args.runs) != 1:
+                raise UsageError("--esd draws one run; pass one RUN_DIR")
+            for name, (a0, a1) in plot_esd(args.runs[0], args.out, [m for m in args.matrices.split(",") if m]).items():
+                print(f"{short(name)}: alpha {a0:.2f} at init, {a1:.2f} at the checkpoint")
+            print(f"wrote {args.out}")
+            return 0
         without = plot_runs(args.runs, args.out)
     except UsageError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)

@@ -59,3 +59,46 @@ def test_resumed_run_and_bad_input(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plot, "pyplot", lambda: None)
     assert plot.main([runs[0]]) == 1
     assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_esd_line_is_the_hill_fit_and_init_is_rebuilt_from_the_seed(runs):
+    """The drawn power law has slope 1 - hill_alpha of the spectrum (read back from the line's data); the
+    init spectrum is the seed's model; the checkpoint's is the trained one."""
+    plt = plot.pyplot() or pytest.skip("matplotlib is not installed")
+    torch = pytest.importorskip("torch")
+    import math
+
+    import llr
+    from model import LLaMA, ModelConfig
+    step, spectra = plot.load_spectra(runs[1], ["2.q_proj", "lm_head"])
+    ckpt = torch.load(f"{runs[1]}/ckpt.pt")
+    torch.manual_seed(ckpt["config"]["seed"])
+    init = LLaMA(ModelConfig(**ckpt["model_config"])).state_dict()["lm_head.weight"]
+    assert step == 12 and spectra["lm_head.weight"]["init"] == llr.esd(init).tolist()
+    assert spectra["lm_head.weight"]["final"] == llr.esd(ckpt["model"]["lm_head.weight"]).tolist()
+    fig, ax = plt.subplots()
+    for eigs in (spectra["layers.2.self_attn.q_proj.weight"]["final"], [float(k) ** -1.5 for k in range(1, 200)]):
+        alpha, line = plot.draw_esd(ax, eigs, "x", "C0")
+        (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
+        slope = (math.log(y1) - math.log(y0)) / (math.log(x1) - math.log(x0))
+        assert alpha == llr.hill_alpha(eigs) and 1 - slope == pytest.approx(alpha, rel=1e-9)
+        assert x0 == sorted(eigs)[len(eigs) // 2]  # xmin: the median
+    plt.close(fig)
+
+
+def test_esd_figure_of_an_llr_run_and_a_uniform_one(runs, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "esd.png"
+    assert plot.main(["--esd", runs[1], f"--out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "2.q_proj: alpha" in printed and "2.down_proj" in printed and "embed_tokens" in printed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    decisions, real = [], plot.draw_decision
+    monkeypatch.setattr(plot, "draw_decision", lambda ax, rec, lo, hi: decisions.append((rec["step"], lo, hi))
+                        or real(ax, rec, lo, hi))
+    plot.plot_esd(runs[1], str(tmp_path / "again.png"))
+    plot.plot_esd(runs[0], str(tmp_path / "uniform.png"))  # no LLR records: spectra only
+    assert decisions == [(0, 1.0, 3.0), (2, 1.0, 3.0)]  # the first and the last recompute
+    assert plot.main(["--esd", runs[1], "--matrices=9.q_proj"]) == 2
+    assert "no matrix '9.q_proj'" in capsys.readouterr().err
+    assert plot.main(["--esd", *runs]) == 2
