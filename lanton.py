@@ -1,6 +1,6 @@
 """
 LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Muon or AdamW. It reuses
-llr.py's plumbing: parameter roles, optimizer-group mapping, the batched nuclear norm.
+llr.py's plumbing: parameter roles, optimizer-group mapping, the nuclear norm, sharing over ranks.
 
     import llr, lanton
     ctrl = lanton.LANTON(model, [muon, adamw])   # optimizers built on llr.param_groups(model)
@@ -16,13 +16,22 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from llr import _first, _groups, _map_groups, nuclear_norm, roles
+from llr import _first, _groups, _map_groups, batched_over_ranks, nuclear_norm, roles
 
 # the paper's three layer families (Table 1; it says "groups", a word kept here for optimizer param groups):
 # multipliers are relative to the least noisy layer of the family
 FAMILY = {"hidden": "hidden", "embed": "embed_head", "head": "embed_head", "vector": "vector"}
+
+
+def _hidden_noise(grads, prevs):  # (B, rows, cols) each: sqrt(d_out / d_in) * nuclear norm (Table 1)
+    rows, cols = grads.shape[-2:]
+    return math.sqrt(rows / cols) * nuclear_norm(grads.double() - prevs.double())
+
+
+def _l1_noise(grads, prevs):  # (B, *shape) each: entrywise l1 (see the LANTON docstring)
+    return (grads.double() - prevs.double()).abs().flatten(1).sum(-1)
+
 
 @dataclass
 class LANTONConfig:
@@ -73,35 +82,10 @@ class LANTON:
         self.seconds = 0.0  # wall time spent inside step()
 
     def _measure(self):
-        """n_l for every layer as floats, NaN where unknown or non-finite; shared out over DDP ranks as in
-        llr.alphas (round-robin in shape order, one all_reduce(SUM)), and .tolist() is the one host read."""
-        ddp = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-        if not self.layers:
-            return []
-        device = self.layers[0][1].device
-        out = torch.zeros(len(self.layers), dtype=torch.float64, device=device)
-        by_shape = defaultdict(list)  # hidden matrices of one shape go through one batched decomposition
-        for j in sorted(range(len(self.layers)),
-                        key=lambda j: (tuple(self.layers[j][1].shape), j))[rank::world]:
-            name, p, family = self.layers[j]
-            if p.grad is None or name not in self.prev:
-                out[j] = float("nan")
-            elif family == "hidden":
-                by_shape[tuple(p.shape)].append(j)
-            else:  # entrywise l1 (see the class docstring)
-                out[j] = (p.grad.double() - self.prev[name].double()).abs().sum()
-        for (rows, cols), idx in by_shape.items():
-            per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
-            for c in range(0, len(idx), per_chunk):
-                chunk = idx[c:c + per_chunk]
-                diff = torch.stack([self.layers[j][1].grad.double() - self.prev[self.layers[j][0]].double()
-                                    for j in chunk])
-                n = math.sqrt(rows / cols) * nuclear_norm(diff)  # Table 1; a non-finite matrix gives NaN
-                out[chunk] = n.to(device)
-        if world > 1:
-            dist.all_reduce(out)  # exactly one collective per refresh, on every rank
-        return out.tolist()
+        """n_l for every layer as floats, NaN where unknown (no gradient or no copy) or non-finite."""
+        jobs = [(_hidden_noise if family == "hidden" else _l1_noise, p.grad, self.prev[name])
+                if p.grad is not None and name in self.prev else None for name, p, family in self.layers]
+        return batched_over_ranks(jobs)  # shared out over DDP ranks, as llr.alphas
 
     @torch.no_grad()
     def _refresh(self):

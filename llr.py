@@ -17,7 +17,7 @@ LANTON, the second paper's method, is in lanton.py and reuses the helpers here.
 Every `interval` steps during the first `window` of training, each weight matrix's eigenvalue spectrum is
 measured, its heavy tail summarised by the Hill estimator alpha, and alpha mapped linearly to a multiplier
 in [r_min, r_max]: light tails (large alpha, "undertrained") get large multipliers, heavy tails small ones.
-The README's "Method notes" give the details, and where this code departs from the official release.
+METHOD.md gives the details, and where this code departs from the official release.
 """
 
 import math
@@ -46,36 +46,6 @@ def hill_alpha(eigs, xmin_pos=2.0):
     the median for xmin_pos=2:  alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i),
     i = floor(N / xmin_pos), n = N - i. NaN for a degenerate spectrum (see _hill)."""
     return _hill(torch.as_tensor(eigs).double().sort().values[None], xmin_pos)[0].item()
-
-
-def alphas(model, xmin_pos=2.0):
-    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)), NaN
-    where degenerate; a transposed layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so
-    the same alpha. Under torch.distributed it is a collective: call it on every rank. Each rank does every
-    world-th matrix (round-robin in shape order, so the work is balanced) and leaves zeros elsewhere; one
-    all_reduce(SUM) hands everyone the same bits."""
-    named = model.named_parameters() if isinstance(model, nn.Module) else model
-    named = [(n, w) for n, w in named if w.ndim == 2]
-    if not named:
-        return {}
-    ddp = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    order = sorted(range(len(named)), key=lambda j: (tuple(named[j][1].shape), j))
-    by_shape = defaultdict(list)  # matrices of one shape go through one batched decomposition
-    for j in order[rank::world]:
-        by_shape[tuple(named[j][1].shape)].append(j)
-    device = named[0][1].device
-    out = torch.zeros(len(named), dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for (rows, cols), idx in by_shape.items():
-            per_chunk = max(1, 2**25 // (rows * cols))  # at most ~256 MB of float64 matrices at a time
-            for c in range(0, len(idx), per_chunk):
-                chunk = idx[c:c + per_chunk]
-                stack = torch.stack([named[j][1].detach() for j in chunk])  # (B, rows, cols)
-                out[chunk] = _hill(_gram_eigs(stack), xmin_pos).to(device)
-    if world > 1:
-        dist.all_reduce(out)  # exactly one collective per call, on every rank
-    return dict(zip([n for n, _ in named], out.tolist()))  # the one host sync
 
 
 def _gram_eigs(w, dtype=None):
@@ -113,6 +83,50 @@ def nuclear_norm(x):
     """Sum of singular values of each matrix of a stack (LANTON's dual norm). In float64: a square root
     turns float32's ~1e-7 * max rounding of zero eigenvalues into ~3e-4 * max per zero singular value."""
     return _gram_eigs(x, torch.float64).sqrt().sum(-1)
+
+
+@torch.no_grad()
+def batched_over_ranks(jobs):
+    """[fn(*tensors) for each job (fn, *tensors)] as floats, NaN for a None job. The jobs of one fn and shape go
+    through fn together, as stacks (B, *shape). Under torch.distributed a collective, called on every rank with
+    the same jobs: each rank does every world-th job (round-robin in shape order, so the work is balanced) and
+    leaves zeros elsewhere; one all_reduce(SUM) hands everyone the same bits."""
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    todo = [j for j, job in enumerate(jobs) if job]
+    if not todo:
+        return [math.nan] * len(jobs)
+    batches = defaultdict(list)  # (fn, shape) -> indices of this rank's jobs
+    for j in sorted(todo, key=lambda j: (tuple(jobs[j][1].shape), j))[rank::world]:
+        batches[jobs[j][0], tuple(jobs[j][1].shape)].append(j)
+    device = jobs[todo[0]][1].device
+    values = torch.tensor([0.0 if job else math.nan for job in jobs], dtype=torch.float64, device=device)
+    # one CPU thread: on a busy CPU every threaded op waits for its threads to be scheduled, which turns ~30 ms
+    # of spectra into seconds; one thread's bits also do not depend on torch.get_num_threads()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if device.type == "cpu" else threads)
+    try:
+        for (fn, shape), members in batches.items():
+            per_chunk = max(1, 2**25 // math.prod(shape))  # at most ~256 MB of float64 tensors at a time
+            for c in range(0, len(members), per_chunk):
+                chunk = members[c:c + per_chunk]
+                stacks = [torch.stack(ts) for ts in zip(*(jobs[j][1:] for j in chunk))]  # each (B, *shape)
+                values[chunk] = fn(*stacks).to(values)
+    finally:
+        torch.set_num_threads(threads)
+    if world > 1:
+        dist.all_reduce(values)  # exactly one collective per call, on every rank; NaN + 0 stays NaN
+    return values.tolist()  # the one host sync
+
+
+def alphas(model, xmin_pos=2.0):
+    """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)), NaN
+    where degenerate; a transposed layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so
+    the same alpha. Under torch.distributed a collective (batched_over_ranks): call it on every rank."""
+    named = model.named_parameters() if isinstance(model, nn.Module) else model
+    matrices = {n: w for n, w in named if w.ndim == 2}
+    alpha = lambda stack: _hill(_gram_eigs(stack), xmin_pos)  # (B, rows, cols) -> (B,)
+    return dict(zip(matrices, batched_over_ranks([(alpha, w) for w in matrices.values()])))
 
 
 # ---- 2. alpha -> a learning-rate multiplier per matrix ----
@@ -255,9 +269,6 @@ class LLR:
         self.segments = {n: [float(s[0]), float(s[1]), int(s[2])] for n, s in state["segments"].items()}
         self.alphas = dict(state["alphas"])
         self.computed_at = int(state["computed_at"])
-        if self.computed_at >= 0:  # states saved before embedding and head had segments of their own
-            m = self.cfg.r_max if self.cfg.embed_head == "rmax" else 1.0
-            self.segments |= {n: [m, m, self.computed_at] for n in self.special if n not in self.segments}
 
 
 # ---- optimizer groups: which tensor each group holds, and its role (shared with lanton.py) ----
