@@ -631,3 +631,28 @@ def test_controllers_survive_optimizer_load_state_dict():
     opt.load_state_dict(opt.state_dict())
     lanton.step(0)
     assert all(isinstance(g["lr_scale"], float) for g in opt.param_groups)
+
+
+def test_map_ranges_over_block_matrices_only():
+    """With a real vocabulary the embedding's and head's alphas are far above the blocks' (about 24.7 at
+    GPT-2's), so they must stay out of the map's min and max: the block matrices still span [r_min, r_max]."""
+    model = TinyLM(vocab=400, dim=16)
+    with torch.no_grad():  # nearly flat spectra: alpha in the tens, like a GPT-2-sized vocabulary's
+        for w in (model.embed_tokens.weight, model.lm_head.weight):
+            u, _, v = torch.linalg.svd(randn(*w.shape, seed=1), full_matrices=False)
+            w.copy_(u @ torch.diag(torch.linspace(1.0, 1.1, 16)) @ v)
+    ctrl = LLR(model, torch.optim.AdamW(param_groups(model), lr=1e-3), total_steps=100, cfg=LLRConfig(r_min=1, r_max=3))
+    info = ctrl.step(0)
+    block = [info["multipliers"][n] for n in ctrl.analysed]
+    assert min(info["alphas"][n] for n in ctrl.special) > 3 * max(info["alphas"][n] for n in ctrl.analysed)
+    assert min(block) == 1.0 and max(block) == 3.0
+    assert all(info["multipliers"][n] == 3.0 for n in ctrl.special)
+
+
+def test_muon_defaults_are_the_documented_ones():
+    """train.py builds Muon with its defaults: momentum 0.95, Nesterov, 5 Newton-Schulz steps; an update with the
+    defaults equals one with them spelled out."""
+    p0, a, _ = muon_pair((24, 40), seed=3)
+    _, b, _ = muon_pair((24, 40), seed=3, momentum=0.95, nesterov=True, ns_steps=5)
+    _, c, _ = muon_pair((24, 40), seed=3, momentum=0.9)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
