@@ -1,10 +1,12 @@
 """
 Benchmarks. Every figure is measured by the run that prints it.
 
-    python bench.py quality          # LLR against a tuned uniform LR, AdamW and Muon (hours on 2 cores; resumable)
-    python bench.py cost             # time of the spectral diagnostic: ours against the official route
-    python bench.py speed            # training throughput against transformers' LlamaForCausalLM; Muon against torch.optim.Muon
-    python bench.py all --quick      # all three with tiny settings, in under two minutes
+    python bench.py quality       # LLR against a tuned uniform LR, AdamW and Muon (hours on 2
+                                  # cores; resumable)
+    python bench.py cost          # time of the spectral diagnostic: ours against the official route
+    python bench.py speed         # training throughput against transformers' LlamaForCausalLM;
+                                  # Muon against torch.optim.Muon
+    python bench.py all --quick   # all three with tiny settings, in under two minutes
 
 Results go to results/ (JSON, markdown tables, PNG plots if matplotlib is installed).
 """
@@ -35,64 +37,81 @@ except ImportError:
 import lanton
 import llr
 import plot
-import train as T
+import train
+from cli import Parser, UsageError
 from model import LLaMA, PRESETS
+from prepare_fineweb import build_corpus, get_tokenizer, list_shards
 
 RESULTS = "results"
 STDLIB = os.path.join("data", "stdlib")  # the benchmark's corpus, built on first use
 BPE_VOCAB = 4096
-BPE = os.path.join("data", f"stdlib_torch_bpe{BPE_VOCAB}")  # the same code and torch's, in a 4,096-token BPE
+# the same code and torch's, in a 4,096-token BPE
+BPE = os.path.join("data", f"stdlib_torch_bpe{BPE_VOCAB}")
 
 # ---- a corpus that does not repeat within a run: the Python standard library's own source ----
 
 
-def build_stdlib_corpus(data_dir):
-    """Byte tokens of every .py file of the standard library (tests excluded), in a fixed shuffled order
-    so that training does not walk the library alphabetically; every 20th file is validation."""
+def stdlib_files():
+    """The standard library's .py files, tests excluded, in name order."""
     root = sysconfig.get_paths()["stdlib"]
-    files = sorted(f for f in glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py") if "/test" not in f)
+    files = glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py")
+    return sorted(f for f in files if "/test" not in f)
+
+
+def build_stdlib_corpus(data_dir):
+    """Byte tokens of every .py file of the standard library (tests excluded), in a fixed shuffled
+    order so that training does not walk the library alphabetically; every 20th file is
+    validation."""
+    files = stdlib_files()
     random.Random(0).shuffle(files)
-    T.build_corpus(data_dir, "stdlib", (pathlib.Path(f).read_text("utf-8", "replace") for f in files), val_every=20)
+    texts = (pathlib.Path(f).read_text("utf-8", "replace") for f in files)
+    build_corpus(data_dir, "stdlib", texts, val_every=20)
     return data_dir
 
 
 def build_bpe_corpus(data_dir, gpt2):
-    """The paper's vocabulary share on a CPU: GPT-2's BPE cut to its first BPE_VOCAB - 1 ranks (still a BPE:
-    every merge's parts rank lower) plus end-of-text, so embedding and head are half of tiny's parameters
-    (58% at the paper's 60M). Over the source of the standard library and of the installed torch, shuffled,
-    every 20th file validation: 30.7M training tokens at torch 2.13, three times what one epoch needs.
-    gpt2: 'gpt2' (tiktoken downloads the ranks) or a copy of the ranks file."""
+    """The paper's vocabulary share on a CPU: GPT-2's BPE cut to its first BPE_VOCAB - 1 ranks
+    (still a BPE: every merge's parts rank lower) plus end-of-text, so embedding and head are half
+    of tiny's parameters (58% at the paper's 60M). Over the source of the standard library and of
+    the installed torch, shuffled, every 20th file validation: 30.7M training tokens at torch 2.13,
+    three times what one epoch needs. gpt2: 'gpt2' (tiktoken downloads the ranks) or a copy of the
+    ranks file."""
     import base64
     import tempfile
-    if T.list_shards(data_dir, "train"):
+    if list_shards(data_dir, "train"):
         return data_dir
-    roots = [sysconfig.get_paths()["stdlib"], os.path.dirname(torch.__file__)]
-    files = sorted(f for f in glob.glob(f"{roots[0]}/*.py") + glob.glob(f"{roots[0]}/*/*.py") if "/test" not in f)
-    files += sorted(glob.glob(f"{roots[1]}/**/*.py", recursive=True))
+    files = stdlib_files()
+    files += sorted(glob.glob(f"{os.path.dirname(torch.__file__)}/**/*.py", recursive=True))
     random.Random(0).shuffle(files)
-    ranks = sorted((r, b) for b, r in T.get_tokenizer(gpt2)._mergeable_ranks.items() if r < BPE_VOCAB - 1)
+    gpt2_ranks = get_tokenizer(gpt2)._mergeable_ranks
+    ranks = sorted((r, b) for b, r in gpt2_ranks.items() if r < BPE_VOCAB - 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"gpt2_{BPE_VOCAB}.tiktoken")
         with open(path, "w") as f:
             f.writelines(f"{base64.b64encode(b).decode()} {r}\n" for r, b in ranks)
-        T.build_corpus(data_dir, "stdlib_torch", (pathlib.Path(f).read_text("utf-8", "replace") for f in files),
-                       val_every=20, tokenizer=path)
+        texts = (pathlib.Path(f).read_text("utf-8", "replace") for f in files)
+        build_corpus(data_dir, "stdlib_torch", texts, val_every=20, tokenizer=path)
     return data_dir
 
 
 # ---- 1. quality: LLR against a properly tuned uniform learning rate ----
 #
-# Every finished run is one small JSON in results/runs/ (committed), named by a hash of what decides its result:
-# the resolved training config, the data's bytes, and a fingerprint of the code's numerics. Change any of them
-# and the run is redone; change nothing and the table is rebuilt from the files in seconds, on any machine.
+# Every finished run is one small JSON in results/runs/ (committed), named by a hash of what decides
+# its result: the resolved training config, the data's bytes, and a fingerprint of the code's
+# numerics. Change any of them and the run is redone; change nothing and the table is rebuilt from
+# the files in seconds, on any machine.
 
-# steps of 16 x 256 tokens: 5.1 tokens per parameter at tiny (1.09M), 5.5 at tiny_gqa (1.00M), 1.05 at small (4.98M)
-# and on the BPE corpus 5.1 at tiny (2.05M, half of them in embedding and head)
+# steps of 16 x 256 tokens: 5.1 tokens per parameter at tiny (1.09M), 5.5 at tiny_gqa (1.00M), 1.05
+# at small (4.98M) and on the BPE corpus 5.1 at tiny (2.05M, half of them in embedding and head)
 SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280, "tiny_bpe": 2560}
-GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04], "lanton": [0.01, 0.02, 0.04, 0.08]}
-NOT_IN_KEY = set(T.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}  # settings that do not change a run's record
-KEYED_IF_SET = {"embed_head_lr": 1.0}  # controls that enter a run's key only when set, so adding one keys no run anew
-FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)  # the official absolute cadence, whatever the run length
+GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04],
+         "lanton": [0.01, 0.02, 0.04, 0.08]}
+# settings that do not change a run's record
+NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}
+# controls that enter a run's key only when set, so that adding one keys no run anew
+KEYED_IF_SET = {"embed_head_lr": 1.0}
+# the official absolute cadence, whatever the run length
+FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)
 RETRY = 30  # seconds between looks at runs another benchmark process holds
 
 
@@ -105,9 +124,9 @@ def start_over(out):
 
 @contextlib.contextmanager
 def claim(out):
-    """Hold out's lock while making its run, so that benchmark processes running side by side never make
-    the same run (the OS releases the lock of a process that dies). Yields False, without waiting, where
-    another process holds it. (Without fcntl every claim succeeds.)"""
+    """Hold out's lock while making its run, so that benchmark processes running side by side never
+    make the same run (the OS releases the lock of a process that dies). Yields False, without
+    waiting, where another process holds it. (Without fcntl every claim succeeds.)"""
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if fcntl is None:
         yield True
@@ -130,81 +149,105 @@ def save_json(path, obj, **kw):
 
 
 def sha(path_or_bytes):
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else pathlib.Path(path_or_bytes).read_bytes()
+    if isinstance(path_or_bytes, bytes):
+        data = path_or_bytes
+    else:
+        data = pathlib.Path(path_or_bytes).read_bytes()
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-# train.py's defaults as the fingerprint runs take them, pinned: a run's key holds its own resolved settings, so a
-# changed default (the demo's --lr) changes no recorded run and must not change the fingerprint either
-FP_SETTINGS = dict(preset="tiny", seed=1337, lr=3e-3, min_lr_ratio=0.1, warmup_steps=-1, beta1=0.9, beta2=0.95, weight_decay=0.1,
-                   grad_clip=1.0, muon_lr=0.02, muon_adjust_lr="original")
+# train.py's defaults as the fingerprint runs take them, pinned: a run's key holds its own resolved
+# settings, so a changed default (the demo's --lr) changes no recorded run and must not change the
+# fingerprint either
+FP_SETTINGS = dict(preset="tiny", seed=1337, lr=3e-3, min_lr_ratio=0.1, warmup_steps=-1, beta1=0.9,
+                   beta2=0.95, weight_decay=0.1, grad_clip=1.0, muon_lr=0.02,
+                   muon_adjust_lr="original")
 
 
 def code_fingerprint():
-    """Losses of a few short runs that go through every numeric path (model, AdamW, Muon, LLR with its ramps,
-    LANTON), rounded to 5 digits so that another CPU's last-bit differences do not count. An edit that changes
-    what training computes changes them, and with them every run's cache key."""
+    """Losses of a few short runs that go through every numeric path (model, AdamW, Muon, LLR with
+    its ramps, LANTON), rounded to 5 digits so that another CPU's last-bit differences do not count.
+    An edit that changes what training computes changes them, and with them every run's cache
+    key."""
     import tempfile
     losses = []
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
-        T.build_corpus(data, "fp", (f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 40 for i in range(40)), val_every=10)
-        for i, kw in enumerate([dict(llr=True, llr_config=llr.LLRConfig(interval=2, ramp=1, window=1.0)),
-                                dict(optimizer="muon", lanton=True, llr=True, llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
-                                     lanton_config=lanton.LANTONConfig(every=2))]):
-            s = T.train(T.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8, batch_size=2, seq_len=32,
-                                      eval_interval=0, eval_steps=2, log_interval=10**9, sample_tokens=0, **FP_SETTINGS, **kw))
-            losses += [s["train_loss"], s["val_loss"]]
+        docs = (f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 40 for i in range(40))
+        build_corpus(data, "fp", docs, val_every=10)
+        methods = [dict(llr=True, llr_config=llr.LLRConfig(interval=2, ramp=1, window=1.0)),
+                   dict(optimizer="muon", lanton=True, llr=True,
+                        llr_config=llr.LLRConfig(interval=3, ramp=0, window=1.0),
+                        lanton_config=lanton.LANTONConfig(every=2))]
+        for i, kw in enumerate(methods):
+            cfg = train.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8,
+                                    batch_size=2, seq_len=32, eval_interval=0, eval_steps=2,
+                                    log_interval=10**9, sample_tokens=0, **FP_SETTINGS, **kw)
+            summary = train.train(cfg)
+            losses += [summary["train_loss"], summary["val_loss"]]
     return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
 
 
 def command(cfg):
-    """The train.py command that makes a run from scratch (out_dir and console cadence left to the user)."""
-    return T.command_line(dataclasses.replace(cfg, out_dir="", log_interval=T.TrainConfig.log_interval))
+    """The train.py command that makes a run from scratch (out_dir and console cadence left to the
+    user)."""
+    fresh = dataclasses.replace(cfg, out_dir="", log_interval=train.TrainConfig.log_interval)
+    return train.command_line(fresh)
 
 
 def make_run(cfg, ctx, key, settings, out):
-    """Train one run into out and return its record: settings, curves, alphas, multipliers, final loss."""
+    """Train one run into out and return its record: settings, curves, alphas, multipliers, final
+    loss."""
     start_over(out)  # a run cut off before it finished starts over
     print(f"run {key}: {command(cfg)}", flush=True)
-    summary = T.train(dataclasses.replace(cfg, out_dir=out))
-    if summary["step"] != cfg.max_steps:  # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
-        raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; run the benchmark again to redo it")
+    summary = train.train(dataclasses.replace(cfg, out_dir=out))
+    # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
+    if summary["step"] != cfg.max_steps:
+        raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; "
+                         "run the benchmark again to redo it")
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
-    return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"], "code": ctx["code"],
-            "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len, "params": records[0]["params"],
-            "val": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
-            "train": [(r["step"], r["loss"]) for r in records if "loss" in r and r["step"] % 10 == 0],
-            "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in records if "val_loss" in r and "alphas" in r],
-            "llr": [r for r in records if r.get("method") == "llr"], "lanton": [r for r in records if r.get("method") == "lanton"],
-            "final_val": summary["val_loss"], "seconds": summary["train_seconds"], "device": records[0]["device"],
-            "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton") if f"{m}_fraction" in summary}}
+    evals = [r for r in records if "val_loss" in r]
+    return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"],
+            "code": ctx["code"], "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len,
+            "params": records[0]["params"], "val": [(r["step"], r["val_loss"]) for r in evals],
+            "train": [(r["step"], r["loss"]) for r in records
+                      if "loss" in r and r["step"] % 10 == 0],
+            "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in evals if "alphas" in r],
+            "llr": [r for r in records if r.get("method") == "llr"],
+            "lanton": [r for r in records if r.get("method") == "lanton"],
+            "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
+            "device": records[0]["device"],
+            "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton")
+                         if f"{m}_fraction" in summary}}
 
 
 def run_once(cfg, ctx):
-    """One training run, cached in results/runs/<name>-<hash>.json so an interrupted benchmark resumes where it stopped.
-    None, at once, where another benchmark process is making it."""
+    """One training run, cached in results/runs/<name>-<hash>.json so that an interrupted benchmark
+    resumes where it stopped. None, at once, where another benchmark process is making it."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in NOT_IN_KEY and not (k in KEYED_IF_SET and v == KEYED_IF_SET[k])}
-    h = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
+    digest = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
     method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
     lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
-    key = f"{cfg.preset}{'_bpe' * (cfg.data == BPE)}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{h}"
+    preset = cfg.preset + "_bpe" * (cfg.data == BPE)
+    key = f"{preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{digest}"
     path, out = os.path.join(RESULTS, "runs", key + ".json"), os.path.join(RESULTS, "out", key)
     if not os.path.exists(path):
         with claim(out) as mine:
             if not mine:
                 return None
-            if not os.path.exists(path):  # another process may have finished it since the first look
+            # another process may have finished it since the first look
+            if not os.path.exists(path):
                 save_json(path, make_run(cfg, ctx, key, settings, out))
     with open(path) as f:
         return json.load(f)
 
 
 def run_all(cfgs, ctx):
-    """{name: run} of {name: config}. Runs another benchmark process is making are left for later and looked
-    at again every RETRY seconds, so that processes side by side on one study share its runs."""
+    """{name: run} of {name: config}. Runs another benchmark process is making are left for later
+    and looked at again every RETRY seconds, so that processes side by side on one study share its
+    runs."""
     todo, done, waiting = dict(cfgs), {}, 0
     while todo:
         for k in list(todo):
@@ -214,17 +257,20 @@ def run_all(cfgs, ctx):
         if todo:
             if len(todo) != waiting:
                 waiting = len(todo)
-                print(f"waiting for {waiting} run(s) that another benchmark process is making", flush=True)
+                print(f"waiting for {waiting} run(s) that another benchmark process is making",
+                      flush=True)
             time.sleep(RETRY)
     return done
 
 
 def mean_se(xs):
-    return statistics.mean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    return statistics.mean(xs), se
 
 
 def steps_to_reach(curve, target):
-    """Step at which a validation curve first reaches target, linear between evaluations (None if never)."""
+    """Step at which a validation curve first reaches target, linear between evaluations (None if
+    never)."""
     for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
         if v1 <= target:
             return s1 if v0 == v1 else s0 + (s1 - s0) * min(1.0, (v0 - target) / (v0 - v1))
@@ -232,10 +278,12 @@ def steps_to_reach(curve, target):
 
 
 def tune(cfg, knob, grid, ctx, args):
-    """Sweep one setting over a factor-2 grid (sweep_seeds seeds each), widening while the best sits on an edge
-    (at most two more points); the best then gets all seeds. Seeds count up from cfg.seed. Returns (best, {value: runs})."""
+    """Sweep one setting over a factor-2 grid (sweep_seeds seeds each), widening while the best sits
+    on an edge (at most two more points); the best then gets all seeds. Seeds count up from
+    cfg.seed. Returns (best, {value: runs})."""
     def runs(values, n):
-        done = run_all({(v, s): dataclasses.replace(cfg, **{knob: v}, seed=cfg.seed + s) for v in values for s in range(n)}, ctx)
+        done = run_all({(v, s): dataclasses.replace(cfg, **{knob: v}, seed=cfg.seed + s)
+                        for v in values for s in range(n)}, ctx)
         return {v: [done[v, s] for s in range(n)] for v in values}
     grid = sorted(grid)
     sweep = runs(grid, args.sweep_seeds)
@@ -252,144 +300,206 @@ def tune(cfg, knob, grid, ctx, args):
 
 
 def studies(args):
-    """The comparisons, in the order they run. Each tunes one knob of its base config over a grid, then runs every
-    variant at the tuned value with every seed. The base config may use what earlier studies found (`needs`);
-    'vs' names the study whose tuned run it is compared with (itself by default)."""
+    """The comparisons, in the order they run. Each tunes one knob of its base config over a grid,
+    then runs every variant at the tuned value with every seed. A variant maps the tuned value to
+    the settings it changes. The base config may use what earlier studies found (`needs`); 'vs'
+    names the study whose tuned run it is compared with (itself by default)."""
     def base(size, data=STDLIB, **kw):
         steps = args.steps or SIZES[size if data == STDLIB else f"{size}_bpe"]
-        return T.TrainConfig(preset=size, data=data, max_steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                             eval_interval=max(1, steps // 20), eval_steps=args.eval_steps, log_interval=10**9,
-                             compile=bool(args.compile), **kw)
+        return train.TrainConfig(preset=size, data=data, max_steps=steps,
+                                 batch_size=args.batch_size, seq_len=args.seq_len,
+                                 eval_interval=max(1, steps // 20), eval_steps=args.eval_steps,
+                                 log_interval=10**9, compile=bool(args.compile), **kw)
 
-    llr_ = lambda b, **kw: dict(llr=True, **kw)
-    mean_one = lambda b: llr_(b, llr_config=llr.LLRConfig(mean_one=True))  # the same allocation with no extra total LR
-    embed_head = lambda b: dict(embed_head_lr=3.0)  # uniform, but embedding and head at LLR's r_max: LLR's second rule alone
-    yield dict(name="demo", base=lambda found: T.TrainConfig(log_interval=10**9), knob="lr", grid=GRIDS["lr"],
-               variants={"LLR": llr_, "uniform at lr=1e-3 (under-tuned)": lambda b: dict(lr=1e-3),
-                         "LLR at lr=1e-3 (under-tuned)": lambda b: llr_(b, lr=1e-3)})
+    with_llr = lambda tuned, **kw: dict(llr=True, **kw)
+    # the same allocation with no extra total LR
+    mean_one = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(mean_one=True))
+    # uniform, but embedding and head at LLR's r_max: LLR's second rule alone
+    embed_head = lambda tuned: dict(embed_head_lr=3.0)
+    embed_head_one = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(embed_head="one"))
+    half = lambda tuned: with_llr(tuned, lr=tuned / 2)
+    half_muon = lambda tuned: with_llr(tuned, muon_lr=tuned / 2)
+    fixed_cadence = lambda tuned: with_llr(tuned, llr_config=FIXED_CADENCE)
+    hard = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(ramp=0))
+    yield dict(name="demo", base=lambda found: train.TrainConfig(log_interval=10**9), knob="lr",
+               grid=GRIDS["lr"],
+               variants={"LLR": with_llr,
+                         "uniform at lr=1e-3 (under-tuned)": lambda tuned: dict(lr=1e-3),
+                         "LLR at lr=1e-3 (under-tuned)": lambda tuned: with_llr(tuned, lr=1e-3)})
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
-               variants={"LLR": llr_, "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE),
-                         "LLR, hard switching": lambda b: llr_(b, llr_config=llr.LLRConfig(ramp=0)),
-                         "uniform at 3x LR": lambda b: dict(lr=3 * b), "uniform, embed/head at 3x": embed_head})
-    yield dict(name="tiny-muon", needs=["tiny-adamw"], base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]), knob="muon_lr",
-               grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
-                                                "LLR, multipliers of mean 1": mean_one})
+               variants={"LLR": with_llr, "LLR, fixed cadence 40/20": fixed_cadence,
+                         "LLR, hard switching": hard,
+                         "uniform at 3x LR": lambda tuned: dict(lr=3 * tuned),
+                         "uniform, embed/head at 3x": embed_head})
+    yield dict(name="tiny-muon", needs=["tiny-adamw"],
+               base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]),
+               knob="muon_lr", grid=GRIDS["muon_lr"],
+               variants={"LLR": with_llr, "LLR, embed/head at 1x": embed_head_one,
+                         "LLR, multipliers of mean 1": mean_one})
     yield dict(name="small-adamw", base=lambda found: base("small"), knob="lr", grid=GRIDS["lr"],
-               variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
+               variants={"LLR": with_llr, "LLR at half the LR": half,
                          "LLR, multipliers of mean 1": mean_one,
-                         "LLR, fixed cadence 40/20": lambda b: llr_(b, llr_config=FIXED_CADENCE)})
-    yield dict(name="tiny-adamw-official", base=lambda found: base("tiny", beta2=0.999, grad_clip=0.0), knob="lr",
-               grid=GRIDS["lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, lr=b / 2),
-                                           "LLR, multipliers of mean 1": mean_one})
-    yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"], base=lambda found: base("tiny", optimizer="muon", lanton=True, lr=found["tiny-adamw"]),
+                         "LLR, fixed cadence 40/20": fixed_cadence})
+    yield dict(name="tiny-adamw-official",
+               base=lambda found: base("tiny", beta2=0.999, grad_clip=0.0), knob="lr",
+               grid=GRIDS["lr"],
+               variants={"LLR": with_llr, "LLR at half the LR": half,
+                         "LLR, multipliers of mean 1": mean_one})
+    yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"],
+               base=lambda found: base("tiny", optimizer="muon", lanton=True,
+                                       lr=found["tiny-adamw"]),
                knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
-    yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"), knob="lr",
-               grid=lambda found: [found["tiny-adamw"]], variants={"LLR": llr_})
-    yield dict(name="small-muon", needs=["small-adamw"], base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
-               knob="muon_lr", grid=GRIDS["muon_lr"], variants={"LLR": llr_, "LLR at half the LR": lambda b: llr_(b, muon_lr=b / 2),
-                                                                 "LLR, multipliers of mean 1": mean_one})
-    yield dict(name="tiny_bpe-adamw", base=lambda found: base("tiny", data=BPE), knob="lr", grid=GRIDS["lr"],
-               variants={"LLR": llr_, "LLR, embed/head at 1x": lambda b: llr_(b, llr_config=llr.LLRConfig(embed_head="one")),
-                         "uniform, embed/head at 3x": embed_head, "LLR, multipliers of mean 1": mean_one})
+    yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"),
+               knob="lr", grid=lambda found: [found["tiny-adamw"]], variants={"LLR": with_llr})
+    yield dict(name="small-muon", needs=["small-adamw"],
+               base=lambda found: base("small", optimizer="muon", lr=found["small-adamw"]),
+               knob="muon_lr", grid=GRIDS["muon_lr"],
+               variants={"LLR": with_llr, "LLR at half the LR": half_muon,
+                         "LLR, multipliers of mean 1": mean_one})
+    yield dict(name="tiny_bpe-adamw", base=lambda found: base("tiny", data=BPE), knob="lr",
+               grid=GRIDS["lr"],
+               variants={"LLR": with_llr, "LLR, embed/head at 1x": embed_head_one,
+                         "uniform, embed/head at 3x": embed_head,
+                         "LLR, multipliers of mean 1": mean_one})
 
 
-STUDY_NAMES = [st["name"] for st in studies(None)]  # in the order they run (no config is built until a study runs)
+# in the order they run (no config is built until a study runs)
+STUDY_NAMES = [study["name"] for study in studies(None)]
 
 
 def quality(args):
     build_stdlib_corpus(STDLIB)
-    demo_data = os.path.join(os.path.dirname(os.path.abspath(T.__file__)), "data", "pydoc")
-    T.build_embedded_corpus(demo_data)
+    demo_data = os.path.join(os.path.dirname(os.path.abspath(train.__file__)), "data", "pydoc")
+    train.build_embedded_corpus(demo_data)
     code = code_fingerprint()
     print(f"code fingerprint {code}, data {STDLIB} and {demo_data}", flush=True)
-    contexts = {}  # each corpus's shard hashes and the code's fingerprint: what every run's key holds
+    # each corpus's shard hashes and the code's fingerprint: what every run's key holds
+    contexts = {}
 
-    def context(d):
-        if d not in contexts:
-            contexts[d] = {"data": [sha(f) for f in T.list_shards(d, "val") + T.list_shards(d, "train")], "code": code}
-        return contexts[d]
+    def context(data_dir):
+        if data_dir not in contexts:
+            shards = list_shards(data_dir, "val") + list_shards(data_dir, "train")
+            contexts[data_dir] = {"data": [sha(f) for f in shards], "code": code}
+        return contexts[data_dir]
 
     plan = list(studies(args))
     needed = set(args.studies)
-    for st in reversed(plan):  # what the wanted studies build on runs first
-        if st["name"] in needed:
-            needed |= set(st.get("needs", ()))
+    for study in reversed(plan):  # what the wanted studies build on runs first
+        if study["name"] in needed:
+            needed |= set(study.get("needs", ()))
     found, results, rows, table = {}, {}, [], []
-    for st in (st for st in plan if st["name"] in needed):
-        cfg = st["base"](found)
+    for study in (study for study in plan if study["name"] in needed):
+        name, knob = study["name"], study["knob"]
+        cfg = study["base"](found)
         if cfg.data == BPE:
             build_bpe_corpus(BPE, args.gpt2)
         ctx = context(cfg.data or demo_data)
-        grid = st["grid"](found) if callable(st["grid"]) else st["grid"]
+        grid = study["grid"](found) if callable(study["grid"]) else study["grid"]
         if args.quick:
-            cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4, eval_steps=2, compile=False,
-                                      sample_tokens=0)
+            cfg = dataclasses.replace(cfg, max_steps=16, batch_size=4, seq_len=32, eval_interval=4,
+                                      eval_steps=2, compile=False, sample_tokens=0)
             grid = grid[1:3] or grid
-        best, sweep = tune(cfg, st["knob"], grid, ctx, args)
-        found[st["name"]] = best
-        tuned = dataclasses.replace(cfg, **{st["knob"]: best})
+        best, sweep = tune(cfg, knob, grid, ctx, args)
+        found[name] = best
+        tuned = dataclasses.replace(cfg, **{knob: best})
         variants = {"LANTON (tuned)" if cfg.lanton else "uniform (tuned)": sweep[best]}
-        results[st["name"]] = variants
-        if st["name"] not in args.studies:  # a study built on needs its tuned value and runs, not its variants
+        results[name] = variants
+        # a study built on needs its tuned value and runs, not its variants
+        if name not in args.studies:
             continue
-        done = run_all({(name, s): dataclasses.replace(tuned, **fn(best), seed=cfg.seed + s)
-                        for name, fn in st["variants"].items() for s in range(args.seeds)}, ctx)
-        for name in st["variants"]:
-            variants[name] = [done[name, s] for s in range(args.seeds)]
-        ref_runs = next(iter(results[st.get("vs", st["name"])].values()))
+        cfgs = {(label, s): dataclasses.replace(tuned, **changes(best), seed=cfg.seed + s)
+                for label, changes in study["variants"].items() for s in range(args.seeds)}
+        done = run_all(cfgs, ctx)
+        for label in study["variants"]:
+            variants[label] = [done[label, s] for s in range(args.seeds)]
+        ref_runs = next(iter(results[study.get("vs", name)].values()))
         ref_mean, ref_se = mean_se([r["final_val"] for r in ref_runs])
-        info = f"{cfg.preset}, {cfg.max_steps} x {cfg.batch_size * cfg.seq_len} tokens ({ref_runs[0]['tokens'] / ref_runs[0]['params']:.1f}/param)"
-        for v in sorted(sweep):
-            m, se = mean_se([r["final_val"] for r in sweep[v]])
-            table.append(f"| {st['name']} | {'LANTON' if cfg.lanton else 'uniform'} sweep, {len(sweep[v])} seed(s) | {st['knob']}={v:g} | {m:.4f}"
-                         + (f" ± {se:.4f}" if len(sweep[v]) > 1 else "") + " | | | |")
-        for name, rs in variants.items():
-            finals = [r["final_val"] for r in rs]
-            m, se = mean_se(finals)
-            is_ref = rs is ref_runs
-            diff_se = math.sqrt(se**2 + ref_se**2)
-            curve = [(s, statistics.mean(r["val"][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0]["val"])]  # seed mean
-            reach = steps_to_reach(curve, ref_mean)
-            speedup = cfg.max_steps / reach if reach and not is_ref else None
-            overhead = statistics.mean(sum(r["overhead"].values()) for r in rs)
-            s = rs[0]["settings"]
-            rows.append({"study": st["name"], "variant": name, "setting": {k: s[k] for k in ("lr", "muon_lr")}, "mean": m, "se": se,
-                         "diff": m - ref_mean, "significant": abs(m - ref_mean) > 2 * diff_se, "speedup": speedup,
-                         "overhead": overhead, "seeds": len(rs), "finals": finals, "info": info, "commands": [r["command"] for r in rs]})
-            lr = f"lr={s['lr']:g}" + (f", muon_lr={s['muon_lr']:g}" if s["optimizer"] == "muon" else "")
-            verdict = "reference" if is_ref else f"{m - ref_mean:+.4f} ({'yes' if rows[-1]['significant'] else 'no'})"
-            table.append(f"| {st['name']} | {name}, {len(rs)} seeds | {lr} | {m:.4f} ± {se:.4f} | {verdict} | "
-                         f"{'%.2fx' % speedup if speedup else '' if is_ref else '< 1x'} | {100 * overhead:.1f}% |")
-        vs = st.get("vs")  # a study compared with another's tuned runs draws them too
-        plot_study(st["name"], {f"{vs}: uniform (tuned)": ref_runs, **variants} if vs else variants)
-    header = ["| study | run | peak LR | final val loss (mean ± s.e.) | vs tuned uniform (> 2 s.e.?) | speedup | LR-method time |",
+        per_param = ref_runs[0]["tokens"] / ref_runs[0]["params"]
+        info = (f"{cfg.preset}, {cfg.max_steps} x {cfg.batch_size * cfg.seq_len} tokens "
+                f"({per_param:.1f}/param)")
+        for value in sorted(sweep):
+            mean, se = mean_se([r["final_val"] for r in sweep[value]])
+            kind = "LANTON" if cfg.lanton else "uniform"
+            seeds = len(sweep[value])
+            table.append(f"| {name} | {kind} sweep, {seeds} seed(s) | {knob}={value:g} | {mean:.4f}"
+                         + (f" ± {se:.4f}" if seeds > 1 else "") + " | | | |")
+        for label, runs in variants.items():
+            rows.append(row(name, label, runs, ref_runs, ref_mean, ref_se, cfg.max_steps, info))
+            table.append(table_line(rows[-1], runs, runs is ref_runs))
+        vs = study.get("vs")  # a study compared with another's tuned runs draws them too
+        plot_study(name, {f"{vs}: uniform (tuned)": ref_runs, **variants} if vs else variants)
+    header = ["| study | run | peak LR | final val loss (mean ± s.e.) "
+              "| vs tuned uniform (> 2 s.e.?) | speedup | LR-method time |",
               "|---|---|---|---|---|---|---|"]
-    return {"rows": rows, "table": "\n".join(header + table), "tuned": found,
-            "setup": {"seeds": args.seeds, "sweep_seeds": args.sweep_seeds, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                      "eval_steps": args.eval_steps, "compile": args.compile, "code": code}}
+    setup = {"seeds": args.seeds, "sweep_seeds": args.sweep_seeds, "batch_size": args.batch_size,
+             "seq_len": args.seq_len, "eval_steps": args.eval_steps, "compile": args.compile,
+             "code": code}
+    return {"rows": rows, "table": "\n".join(header + table), "tuned": found, "setup": setup}
+
+
+def row(study, label, runs, ref_runs, ref_mean, ref_se, max_steps, info):
+    """A variant's result against its study's tuned uniform runs: the mean final loss and its s.e.,
+    the difference and whether it exceeds 2 s.e., the speedup to the reference's loss, the LR
+    methods' time."""
+    finals = [r["final_val"] for r in runs]
+    mean, se = mean_se(finals)
+    is_ref = runs is ref_runs
+    diff_se = math.sqrt(se**2 + ref_se**2)
+    curve = [(s, statistics.mean(r["val"][i][1] for r in runs))  # the seed mean
+             for i, (s, _) in enumerate(runs[0]["val"])]
+    reach = steps_to_reach(curve, ref_mean)
+    settings = runs[0]["settings"]
+    return {"study": study, "variant": label,
+            "setting": {k: settings[k] for k in ("lr", "muon_lr")}, "mean": mean, "se": se,
+            "diff": mean - ref_mean,
+            "significant": abs(mean - ref_mean) > 2 * diff_se,
+            "speedup": max_steps / reach if reach and not is_ref else None,
+            "overhead": statistics.mean(sum(r["overhead"].values()) for r in runs),
+            "seeds": len(runs), "finals": finals, "info": info,
+            "commands": [r["command"] for r in runs]}
+
+
+def table_line(result, runs, is_ref):
+    """The markdown table's line of a variant's row."""
+    settings, mean, speedup = runs[0]["settings"], result["mean"], result["speedup"]
+    lr = f"lr={settings['lr']:g}"
+    if settings["optimizer"] == "muon":
+        lr += f", muon_lr={settings['muon_lr']:g}"
+    significant = "yes" if result["significant"] else "no"
+    verdict = "reference" if is_ref else f"{result['diff']:+.4f} ({significant})"
+    gain = "%.2fx" % speedup if speedup else "" if is_ref else "< 1x"
+    return (f"| {result['study']} | {result['variant']}, {len(runs)} seeds | {lr} | {mean:.4f} ± "
+            f"{result['se']:.4f} | {verdict} | {gain} | {100 * result['overhead']:.1f}% |")
 
 
 def plot_study(name, variants):
-    """With plot.py's functions: the seed-mean loss curves of every variant (results/curves_<study>.png), and
-    how each matrix's alpha moved in the first seed of the tuned run and of LLR, with LLR's multipliers
-    (results/heatmap_<study>.png). Runs logged before alphas were logged at evaluations show LLR's own records."""
+    """With plot.py's functions: the seed-mean loss curves of every variant
+    (results/curves_<study>.png), and how each matrix's alpha moved in the first seed of the tuned
+    run and of LLR, with LLR's multipliers (results/heatmap_<study>.png). A run file without alphas
+    at its evaluations shows LLR's own records."""
     if not (plt := plot.pyplot()):
         return
-    mean = lambda rs, key: [(s, statistics.mean(r[key][i][1] for r in rs)) for i, (s, _) in enumerate(rs[0][key])]
-    curves = [{"name": f"{label} ({len(rs)} seeds)", "tokens_per_step": rs[0]["tokens"] // rs[0]["settings"]["max_steps"],
-               "train": mean(rs, "train"), "val": mean(rs, "val")} for label, rs in variants.items()]
+    mean = lambda runs, key: [(s, statistics.mean(r[key][i][1] for r in runs))
+                              for i, (s, _) in enumerate(runs[0][key])]
+    curves = [{"name": f"{label} ({len(runs)} seeds)",
+               "tokens_per_step": runs[0]["tokens"] // runs[0]["settings"]["max_steps"],
+               "train": mean(runs, "train"), "val": mean(runs, "val")}
+              for label, runs in variants.items()]
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     plot.draw_losses(ax, curves)
-    quarter = [v for c in curves for s, v in c["val"] if s >= c["val"][-1][0] / 4]  # from a quarter of the run on
+    # from a quarter of the run on
+    quarter = [v for c in curves for s, v in c["val"] if s >= c["val"][-1][0] / 4]
     ax.set(ylim=(min(quarter) - 0.02, max(quarter) + 0.02), title=f"{name} (mean over seeds)")
     fig.savefig(os.path.join(RESULTS, f"curves_{name}.png"), dpi=120)
     plt.close(fig)
-    runs = [{"name": label, "alphas": rs[0]["alphas"] or rs[0]["llr"], "llr": rs[0]["llr"], "lanton": rs[0]["lanton"]}
-            for label, rs in variants.items() if label.endswith("(tuned)") or label == "LLR"]
-    runs = [r for r in runs if r["alphas"]]
-    if runs:
-        fig = plt.figure(figsize=(12, 0.09 * len(runs[0]["alphas"][0]["alphas"]) * len(runs) + 2 * len(runs)), layout="constrained")
-        for sub, run in zip(fig.subfigures(len(runs), 1, squeeze=False)[:, 0], runs):
+    shown = [{"name": label, "alphas": runs[0]["alphas"] or runs[0]["llr"], "llr": runs[0]["llr"],
+              "lanton": runs[0]["lanton"]}
+             for label, runs in variants.items() if label.endswith("(tuned)") or label == "LLR"]
+    shown = [r for r in shown if r["alphas"]]
+    if shown:
+        height = 0.09 * len(shown[0]["alphas"][0]["alphas"]) * len(shown) + 2 * len(shown)
+        fig = plt.figure(figsize=(12, height), layout="constrained")
+        for sub, run in zip(fig.subfigures(len(shown), 1, squeeze=False)[:, 0], shown):
             plot.draw_run(sub, run)
         fig.savefig(os.path.join(RESULTS, f"heatmap_{name}.png"), dpi=120)
         plt.close(fig)
@@ -399,7 +509,8 @@ def plot_study(name, variants):
 
 
 def official_alphas(weights, xmin_pos=2.0):
-    """The official route: one float32 svdvals per matrix in a Python loop, then Hill at the median."""
+    """The official route: one float32 svdvals per matrix in a Python loop, then Hill at the
+    median."""
     out = []
     for w in weights:
         eigs = torch.linalg.svdvals(w.float()).pow(2).sort().values
@@ -407,53 +518,72 @@ def official_alphas(weights, xmin_pos=2.0):
     return out
 
 
+def hidden_shapes(preset):
+    """(name, shape) of the hidden matrices of a preset (no embedding, no head), without allocating
+    them."""
+    with torch.device("meta"):
+        return [(n, tuple(p.shape)) for n, p in LLaMA(PRESETS[preset]).named_parameters()
+                if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
+
+
 def cost(args):
     rows = {}
     for preset in args.cost_presets:
-        cfg = PRESETS[preset]
-        with torch.device("meta"):
-            shapes = [(n, tuple(p.shape)) for n, p in LLaMA(cfg).named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
+        shapes = hidden_shapes(preset)
         if args.quick:
             shapes = shapes[: 7 * 2]  # two blocks
         gen = torch.Generator().manual_seed(0)
-        holder = torch.nn.ParameterDict({n.replace(".", "_"): torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for n, s in shapes})
+        weights = {n.replace(".", "_"): torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02)
+                   for n, s in shapes}
+        holder = torch.nn.ParameterDict(weights)
         ctrl = llr.LLR(holder, torch.optim.SGD(llr.param_groups(holder), lr=1.0), total_steps=1)
         t0 = time.perf_counter()
-        ours = list(ctrl.step(0)["alphas"].values())  # the controller's own route: batched by shape, Gram + eigvalsh
+        # the controller's own route: batched by shape, Gram + eigvalsh
+        ours = list(ctrl.step(0)["alphas"].values())
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
         ref = official_alphas(list(holder.values()))
         t_ref = time.perf_counter() - t0
         rel = max(abs(a - b) / abs(b) for a, b in zip(ours, ref))
-        rows[preset] = {"matrices": len(shapes), "ours_s": t_ours, "official_s": t_ref, "ratio": t_ref / t_ours, "max_rel_diff": rel}
-        print(f"ESD + Hill alpha of {len(shapes)} matrices of {preset}: ours {t_ours:.2f}s, official {t_ref:.2f}s, "
-              f"{t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}", flush=True)
-    # one recompute inside a real training run of the CPU preset, and its share of training time (LANTON's too)
+        rows[preset] = {"matrices": len(shapes), "ours_s": t_ours, "official_s": t_ref,
+                        "ratio": t_ref / t_ours, "max_rel_diff": rel}
+        print(f"ESD + Hill alpha of {len(shapes)} matrices of {preset}: ours {t_ours:.2f}s, "
+              f"official {t_ref:.2f}s, {t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}",
+              flush=True)
+    # one recompute inside a real training run of the CPU preset, and its share of training time
+    # (LANTON's too)
     steps = 40 if args.quick else 200
     for method, kw in (("llr", {"llr": True}), ("lanton", {"lanton": True, "optimizer": "muon"})):
         out = os.path.join(RESULTS, "out", f"cost-{method}-{steps}")
         start_over(out)
-        s = T.train(T.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0, log_interval=10**9, **kw,
-                                  **({"batch_size": 4, "seq_len": 64} if args.quick else {})))
-        n = len([line for line in open(os.path.join(out, "metrics.jsonl")) if f'"method": "{method}"' in line])
-        rows[f"train_tiny_{method}"] = {"steps": steps, "refreshes": n, "seconds": s[f"{method}_seconds"], "train_s": s["train_seconds"],
-                                        "per_refresh_s": s[f"{method}_seconds"] / max(1, n), "fraction": s[f"{method}_fraction"]}
-        print(f"tiny, {steps} steps with --{method}{' (Muon)' if method == 'lanton' else ''}: {n} refreshes, "
-              f"{s[f'{method}_seconds'] / max(1, n) * 1000:.1f} ms each, {100 * s[f'{method}_fraction']:.2f}% of training time", flush=True)
+        small = {"batch_size": 4, "seq_len": 64} if args.quick else {}
+        summary = train.train(train.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0,
+                                                log_interval=10**9, **kw, **small))
+        lines = open(os.path.join(out, "metrics.jsonl"))
+        n = len([line for line in lines if f'"method": "{method}"' in line])
+        seconds, fraction = summary[f"{method}_seconds"], summary[f"{method}_fraction"]
+        rows[f"train_tiny_{method}"] = {"steps": steps, "refreshes": n, "seconds": seconds,
+                                        "train_s": summary["train_seconds"],
+                                        "per_refresh_s": seconds / max(1, n), "fraction": fraction}
+        print(f"tiny, {steps} steps with --{method}{' (Muon)' if method == 'lanton' else ''}: "
+              f"{n} refreshes, {seconds / max(1, n) * 1000:.1f} ms each, "
+              f"{100 * fraction:.2f}% of training time", flush=True)
     return rows
 
 
-# ---- 3. speed: our model against transformers' LlamaForCausalLM, our Muon against torch.optim.Muon ----
+# ---- 3. speed: our model against transformers' Llama, our Muon against torch.optim.Muon ----
 
 
 def hf_twin(cfg):
     from transformers import LlamaConfig, LlamaForCausalLM
-    hc = LlamaConfig(hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                     num_key_value_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_seq_len,
-                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                     attention_bias=False, mlp_bias=False)
-    hc._attn_implementation = "sdpa"
-    return LlamaForCausalLM(hc)
+    hf_cfg = LlamaConfig(hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
+                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                         num_key_value_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size,
+                         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+                         rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                         attention_bias=False, mlp_bias=False)
+    hf_cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf_cfg)
 
 
 def timed_alternately(fns, reps):
@@ -472,7 +602,8 @@ def speed(args):
     try:
         import transformers  # noqa: F401  (requirements-dev.txt)
     except ImportError:
-        print("transformers is not installed (pip install -r requirements-dev.txt): model comparison skipped", flush=True)
+        print("transformers is not installed (pip install -r requirements-dev.txt): "
+              "model comparison skipped", flush=True)
         args.speed_presets = []
     for preset in args.speed_presets:
         cfg = dataclasses.replace(PRESETS[preset], max_seq_len=args.seq_len)
@@ -480,7 +611,7 @@ def speed(args):
         ours, hf = LLaMA(cfg), hf_twin(cfg)
         assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
         x = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len))
-        opt_o, opt_h = torch.optim.AdamW(ours.parameters()), torch.optim.AdamW(hf.parameters())
+        opt_ours, opt_hf = torch.optim.AdamW(ours.parameters()), torch.optim.AdamW(hf.parameters())
 
         def step(model, opt, hf_api):
             loss = model(input_ids=x, labels=x).loss if hf_api else model(x, x)[1]
@@ -488,35 +619,42 @@ def speed(args):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        fns = {"ours": lambda: step(ours, opt_o, False), "transformers": lambda: step(hf, opt_h, True)}
+        fns = {"ours": lambda: step(ours, opt_ours, False),
+               "transformers": lambda: step(hf, opt_hf, True)}
         if args.compile:  # what --compile buys (the same weights, through torch.compile)
             compiled = torch.compile(ours)
-            fns["ours, compiled"] = lambda: step(compiled, opt_o, False)
+            fns["ours, compiled"] = lambda: step(compiled, opt_ours, False)
         timed_alternately(fns, 2)  # warm up (and compile)
         t = timed_alternately(fns, args.reps)
         tok = args.batch_size * args.seq_len
-        rows[preset] = {"ours_tok_s": tok / t["ours"], "hf_tok_s": tok / t["transformers"], "ratio": t["transformers"] / t["ours"],
-                        "threads": torch.get_num_threads(), "batch": [args.batch_size, args.seq_len]}
+        rows[preset] = {"ours_tok_s": tok / t["ours"], "hf_tok_s": tok / t["transformers"],
+                        "ratio": t["transformers"] / t["ours"], "threads": torch.get_num_threads(),
+                        "batch": [args.batch_size, args.seq_len]}
         note = ""
         if args.compile:
-            rows[preset] |= {"compiled_tok_s": tok / t["ours, compiled"], "compile_speedup": t["ours"] / t["ours, compiled"]}
-            note = f", ours compiled {tok / t['ours, compiled'] / 1000:.1f}k tok/s ({rows[preset]['compile_speedup']:.2f}x eager)"
-        print(f"{preset} train step, {args.batch_size}x{args.seq_len} tokens, float32, {torch.get_num_threads()} threads: ours "
-              f"{tok / t['ours'] / 1000:.1f}k tok/s, transformers {tok / t['transformers'] / 1000:.1f}k tok/s, ratio {rows[preset]['ratio']:.2f}x"
-              f"{note}", flush=True)
+            rows[preset] |= {"compiled_tok_s": tok / t["ours, compiled"],
+                             "compile_speedup": t["ours"] / t["ours, compiled"]}
+            note = (f", ours compiled {tok / t['ours, compiled'] / 1000:.1f}k tok/s "
+                    f"({rows[preset]['compile_speedup']:.2f}x eager)")
+        print(f"{preset} train step, {args.batch_size}x{args.seq_len} tokens, float32, "
+              f"{torch.get_num_threads()} threads: ours {tok / t['ours'] / 1000:.1f}k tok/s, "
+              f"transformers {tok / t['transformers'] / 1000:.1f}k tok/s, "
+              f"ratio {rows[preset]['ratio']:.2f}x{note}", flush=True)
     # Muon: one optimizer step over the hidden matrices of a preset, ours against torch.optim.Muon
-    with torch.device("meta"):
-        shapes = [tuple(p.shape) for n, p in LLaMA(PRESETS[args.muon_preset]).named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
-    ps = [[torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes] for _ in range(2)]
-    for group in ps:
+    shapes = [s for _, s in hidden_shapes(args.muon_preset)]
+    params = [[torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes] for _ in range(2)]
+    for group in params:
         for p in group:
             p.grad = torch.randn_like(p)
-    opts = {"ours": llr.Muon([{"params": [p]} for p in ps[0]], lr=0.02),
-            "torch.optim.Muon": torch.optim.Muon(ps[1], lr=0.02, weight_decay=0.0, adjust_lr_fn="original")}
+    opts = {"ours": llr.Muon([{"params": [p]} for p in params[0]], lr=0.02),
+            "torch.optim.Muon": torch.optim.Muon(params[1], lr=0.02, weight_decay=0.0,
+                                                 adjust_lr_fn="original")}
     t = timed_alternately({k: o.step for k, o in opts.items()}, args.reps)
-    rows["muon"] = {"preset": args.muon_preset, "matrices": len(shapes), **{f"{k}_ms": 1000 * v for k, v in t.items()}}
-    print(f"Muon step over the {len(shapes)} hidden matrices of {args.muon_preset}: ours {1000 * t['ours']:.1f} ms, "
-          f"torch.optim.Muon {1000 * t['torch.optim.Muon']:.1f} ms", flush=True)
+    rows["muon"] = {"preset": args.muon_preset, "matrices": len(shapes),
+                    **{f"{k}_ms": 1000 * v for k, v in t.items()}}
+    print(f"Muon step over the {len(shapes)} hidden matrices of {args.muon_preset}: ours "
+          f"{1000 * t['ours']:.1f} ms, torch.optim.Muon {1000 * t['torch.optim.Muon']:.1f} ms",
+          flush=True)
     return rows
 
 
@@ -524,42 +662,55 @@ def speed(args):
 
 
 def names(allowed):
-    """argparse type: a comma-separated list, each item one of allowed (a typo is an error, not silently ignored)."""
+    """argparse type: a comma-separated list, each item one of allowed (a typo is an error, not
+    silently ignored)."""
     def parse(text):
         items = [x for x in text.split(",") if x]
         bad = [x for x in items if x not in allowed]
         if bad or not items:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(allowed)}")
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or 'empty list'}; "
+                                             f"choose from {', '.join(allowed)}")
         return items
     return parse
 
 
 def main(argv=None):
-    p = T.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="bench.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "cost", "speed", "all"])
-    p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test (under two minutes)")
-    p.add_argument("--studies", type=names(STUDY_NAMES), default=STUDY_NAMES, help=f"comparisons to report: {','.join(STUDY_NAMES)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the tuned run and of every variant")
-    p.add_argument("--sweep_seeds", type=int, default=1, help="seeds per value of the sweep (the chosen value always gets --seeds)")
-    p.add_argument("--steps", type=int, default=0, help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
-    p.add_argument("--compile", type=int, default=1, choices=[0, 1], help="torch.compile the benchmark runs (not the demo's)")
-    p.add_argument("--gpt2", default="gpt2", help="GPT-2's BPE ranks for the tiny_bpe corpus: gpt2 (tiktoken downloads them) "
-                                                  "or a copy of the ranks file (PATH.tiktoken)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings, for a smoke test (under two minutes)")
+    p.add_argument("--studies", type=names(STUDY_NAMES), default=STUDY_NAMES,
+                   help=f"comparisons to report: {','.join(STUDY_NAMES)}")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds of the tuned run and of every variant")
+    p.add_argument("--sweep_seeds", type=int, default=1,
+                   help="seeds per value of the sweep (the chosen value always gets --seeds)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
+    p.add_argument("--compile", type=int, default=1, choices=[0, 1],
+                   help="torch.compile the benchmark runs (not the demo's)")
+    p.add_argument("--gpt2", default="gpt2",
+                   help="GPT-2's BPE ranks for the tiny_bpe corpus: gpt2 (tiktoken downloads them) "
+                        "or a copy of the ranks file (PATH.tiktoken)")
     try:
         args = p.parse_args(argv)
-    except T.UsageError as e:  # one line and exit status 2, like every script here
+    except UsageError as e:  # one line and exit status 2, like every script here
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 16, 5
-    args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m", "llama1b"], ["tiny", "small"], "tiny"
+    args.cost_presets, args.speed_presets = ["llama60m", "llama1b"], ["tiny", "small"]
+    args.muon_preset = "tiny"
     global RESULTS
-    RESULTS = os.path.join("results", "quick") if args.quick else "results"  # quick results never mix with real ones
+    # quick results never mix with real ones
+    RESULTS = os.path.join("results", "quick") if args.quick else "results"
     if args.quick:  # everything small
         args.seeds, args.sweep_seeds, args.reps, args.compile = 2, 1, 2, 0
-        args.studies = [s for s in args.studies if s in ("tiny-adamw", "tiny-muon", "tiny-lanton")] or args.studies
+        quick = ("tiny-adamw", "tiny-muon", "tiny-lanton")
+        args.studies = [s for s in args.studies if s in quick] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
     os.makedirs(RESULTS, exist_ok=True)
-    env = {"cpu": T.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    env = {"cpu": train.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}
     report = {"env": env}
     for name, fn in (("cost", cost), ("speed", speed), ("quality", quality)):
@@ -567,11 +718,14 @@ def main(argv=None):
             report[name] = fn(args)
             if name == "quality":
                 print(report[name]["table"])
-                for study in args.studies:  # one file per study, so benchmarks of different studies may run side by side
+                # one file per study, so that benchmarks of different studies may run side by side
+                for study in args.studies:
                     rows = [r for r in report[name]["rows"] if r["study"] == study]
-                    save_json(os.path.join(RESULTS, f"quality_{study}.json"), {"env": env, "setup": report[name]["setup"], "rows": rows}, indent=1)
+                    save_json(os.path.join(RESULTS, f"quality_{study}.json"),
+                              {"env": env, "setup": report[name]["setup"], "rows": rows}, indent=1)
             else:
-                save_json(os.path.join(RESULTS, f"{name}.json"), {"env": env, name: report[name]}, indent=1)
+                save_json(os.path.join(RESULTS, f"{name}.json"), {"env": env, name: report[name]},
+                          indent=1)
     return report
 
 

@@ -11,7 +11,6 @@ byte tokens has no Hugging Face tokenizer, so its export is for logits, not for 
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -19,8 +18,8 @@ import sys
 
 import torch
 
-from model import PRESETS, pad_vocab
-from train import Parser, UsageError
+from cli import Parser, UsageError
+from prepare_fineweb import short
 
 
 def hf_config(mc, meta):
@@ -51,13 +50,11 @@ def export(run_dir, target):
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
         raise UsageError(f"{target} exists and is not an empty directory; "
                          "choose another target (nothing was written)")
-    ckpt = torch.load(ckpt_path, map_location="cpu")
-    meta, cfg = ckpt["meta"], ckpt["config"]
-    mc = ckpt.get("model_config")
-    if mc is None:  # checkpoints that predate model_config: rebuilt as train.py builds the model
-        mc = dataclasses.asdict(dataclasses.replace(PRESETS[cfg["preset"]],
-                                                    vocab_size=pad_vocab(meta["vocab_size"]),
-                                                    max_seq_len=cfg["seq_len"]))
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu")
+        meta, mc = ckpt["meta"], ckpt["model_config"]  # the model as train.py built it
+    except Exception as e:  # not a checkpoint of train.py, or truncated
+        raise UsageError(f"cannot load {ckpt_path}: {short(e)}") from None
     # Hugging Face's names are ours under "model.", but for the head; a tied head is stored once,
     # as the embedding
     weights = {(k if k.startswith("lm_head.") else "model." + k): v.contiguous()

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 
-from prepare_fineweb import Parser, UsageError  # the project's one-line errors (numpy and tiktoken, no torch)
+from cli import Parser, UsageError  # the project's one-line errors (argparse only, no torch)
 
 # ---- reading a run ----
 

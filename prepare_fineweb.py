@@ -30,6 +30,8 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
+from cli import Parser, UsageError
+
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
@@ -48,6 +50,13 @@ def get_tokenizer(name):
         return tiktoken.get_encoding(name)
     # end-of-text comes right after the ranks: 256 for bytes, 50256 for GPT-2's file
     return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+
+
+def decode(enc, ids):
+    """Text of token ids. An id from the vocabulary's padding (never in the data, but an untrained model
+    samples them) shows as U+FFFD; so do bytes that are not UTF-8."""
+    pieces = (enc.decode_single_token_bytes(t) if t < enc.n_vocab else "\ufffd".encode() for t in ids)
+    return b"".join(pieces).decode("utf-8", errors="replace")
 
 
 def write_shard(path, tokens):
@@ -132,11 +141,6 @@ def build_corpus(data_dir, name, docs, val_every, tokenizer="bytes"):
         os.rename(tmp, data_dir)
     except OSError:  # another process finished first
         shutil.rmtree(tmp)
-
-
-class UsageError(ValueError):
-    """A problem the user fixes by changing a flag or a file. Every script of this project answers it the same
-    way: one line, "<script>: error: ...", and exit status 2. Parser (below) raises it for bad options."""
 
 
 def short(e):  # the first line of an exception's message
@@ -390,13 +394,6 @@ def count(s):  # a positive whole number: 1e8 and 100000000 both work
     if not (1 <= v < 2**53 and v == int(v)):
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {s!r}")
     return int(v)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are a UsageError (one line, exit status 2), for every script of this project."""
-
-    def error(self, message):
-        raise UsageError(f"{message}; see python {self.prog} --help")
 
 
 def parse_args(argv):

@@ -10,32 +10,17 @@ the checkpoint's data was made with (bytes, GPT-2, ...); where it cannot be load
 internet), point --tokenizer at the ranks file the shards were made with.
 """
 
-import json
 import math
 import os
 import sys
 
 import torch
 
+from cli import Parser, UsageError
 from model import LLaMA, ModelConfig
-from prepare_fineweb import short
-from train import Parser, UsageError, decode, get_tokenizer
+from prepare_fineweb import decode, get_tokenizer, short
 
 # ---- the run: model and tokenizer ----
-
-
-def model_config(ckpt, out_dir):
-    """The configuration the model was built with: in the checkpoint, or for checkpoints written before
-    train.py stored it there, in the first record of the run's metrics.jsonl."""
-    if "model_config" in ckpt:
-        return ckpt["model_config"]
-    try:
-        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            return json.loads(f.readline())["model"]
-    except (OSError, ValueError, KeyError):
-        raise UsageError(f"{out_dir}/ckpt.pt predates model_config and {out_dir}/metrics.jsonl "
-                         "does not name the model; resume the run for one step with a current train.py "
-                         "to rewrite the checkpoint") from None
 
 
 def load_model(out_dir, device):
@@ -44,13 +29,10 @@ def load_model(out_dir, device):
         raise UsageError(f"{path} does not exist; train a run first (python train.py) "
                          "or point --out_dir at one")
     try:
-        # our own file: it also holds RNG states
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        model = LLaMA(ModelConfig(**model_config(ckpt, out_dir)))
+        ckpt = torch.load(path, map_location=device)
+        model = LLaMA(ModelConfig(**ckpt["model_config"]))  # the model as train.py built it
         model.load_state_dict(ckpt["model"])
-    except UsageError:
-        raise
-    except Exception as e:  # not a checkpoint, truncated, or written by an incompatible model.py
+    except Exception as e:  # not a checkpoint of train.py, truncated, or of an incompatible model.py
         raise UsageError(f"cannot load {path}: {short(e)}") from None
     return model.to(device).eval(), ckpt["meta"]
 

@@ -70,6 +70,12 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys):
     assert "not an empty directory" in err and len(err.strip().splitlines()) == 1
     assert os.listdir(tmp_path / "hf") == ["keep.txt"] and (tmp_path / "hf" / "keep.txt").read_text() == "mine"
     assert export_hf.main([str(tmp_path / "run")]) == 2  # the target is missing
+    capsys.readouterr()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert export_hf.main([str(tmp_path / "bad"), str(tmp_path / "hf2")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "hf2").exists()
 
 
 def test_missing_safetensors_is_one_line(tmp_path, capsys, monkeypatch):

@@ -13,6 +13,7 @@ import torch
 
 import sample
 import train as T
+from prepare_fineweb import decode, get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,9 +48,9 @@ def test_greedy_sample_is_the_models_own_greedy_text(run, capsys):
     assert sample.main([f"--out_dir={run}", "--start=Th", "--num_samples=1", "--max_new_tokens=12", "--temperature=0"]) == 0
     text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
     model, meta = sample.load_model(run, torch.device("cpu"))
-    enc = T.get_tokenizer(meta["tokenizer"])
+    enc = get_tokenizer(meta["tokenizer"])
     ids = model.generate(torch.tensor([[enc.eot_token] + enc.encode("Th")]), 12, temperature=0)[0, 1:].tolist()
-    assert text == T.decode(enc, ids)
+    assert text == decode(enc, ids)
     outs = []
     for seed in (0, 0, 1):  # the seed fixes the samples
         sample.main([f"--out_dir={run}", "--max_new_tokens=12", f"--seed={seed}"])
@@ -78,12 +79,15 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
     one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load")
 
 
-def test_checkpoint_without_model_config(run, tmp_path, capsys):
-    ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=False)
-    del ckpt["model_config"]  # as train.py wrote them before samples: the model is named in metrics.jsonl
+def test_a_checkpoint_is_read_without_the_training_code(run, tmp_path, capsys):
+    """sample.py reads a run with cli.py, model.py and prepare_fineweb.py: train.py is never imported,
+    and a file that is no checkpoint of train.py is a one-line error."""
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); import sample; "
+            f"code = sample.main(['--out_dir={run}', '--max_new_tokens=5', '--num_samples=1']); "
+            "print('train' in sys.modules, code)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "False 0", r.stderr
+    ckpt = torch.load(os.path.join(run, "ckpt.pt"))
+    del ckpt["model_config"]  # a checkpoint that does not say how to build its model
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    one_line_error(capsys, [f"--out_dir={tmp_path}"], "predates model_config")
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        (tmp_path / "metrics.jsonl").write_text(f.readline())
-    assert sample.main([f"--out_dir={tmp_path}", "--max_new_tokens=5"]) == 0
-    assert capsys.readouterr().out.count("-" * 40) == 3
+    one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load", "model_config")

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+import lanton
 import llr
 import train as T
 from conftest import run, started, wait_for_line
 from model import LLaMA, ModelConfig, PRESETS
+from prepare_fineweb import list_shards, read_meta, read_shard, write_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -155,8 +157,8 @@ def test_sampling_uses_its_generator_and_top_k():
 
 
 def test_embedded_corpus(data_dir):
-    assert T.read_meta(data_dir)["tokenizer"] == "bytes"
-    val, train = T.read_shard(T.list_shards(data_dir, "val")[0]), T.read_shard(T.list_shards(data_dir, "train")[0])
+    assert read_meta(data_dir)["tokenizer"] == "bytes"
+    val, train = read_shard(list_shards(data_dir, "val")[0]), read_shard(list_shards(data_dir, "train")[0])
     assert val[0] == 256 and train[0] == 256  # every document starts with end-of-text
     assert 30_000 < len(val) < len(train) and train.max() <= 256
 
@@ -165,7 +167,7 @@ def test_loader_slices_and_resume(tmp_path):
     files = []
     for i, n in enumerate([1000, 700]):
         files.append(str(tmp_path / f"t_train_{i:06d}.bin"))
-        T.write_shard(files[-1], np.arange(n) + 10000 * i)
+        write_shard(files[-1], np.arange(n) + 10000 * i)
     one = T.Loader(files, 2, 8)
     two = [T.Loader(files, 2, 8, rank=r, world=2) for r in range(2)]
     for _ in range(40):  # crosses into the second shard and wraps around
@@ -232,11 +234,8 @@ def test_resume_refuses_changed_settings(tmp_path, data_dir):
         T.train(small(tmp_path, data_dir, resume=True, lr=1e-3))
     with pytest.raises(T.UsageError, match="already holds a run"):
         T.train(small(tmp_path, data_dir))
-    ckpt = torch.load(tmp_path / "out" / "ckpt.pt")  # today's checkpoints load with torch.load's defaults
-    ckpt["rng"]["numpy"] = np.random.get_state()  # as checkpoints of older versions held it
-    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
-    with pytest.raises(T.UsageError, match="older train.py"):
-        T.train(small(tmp_path, data_dir, resume=True))
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt")  # tensors and plain values: torch.load's defaults do
+    assert ckpt["step"] == 5 and ckpt["model_config"]["vocab_size"] == 320
 
 
 def test_wandb_gets_every_number_of_metrics_jsonl(tmp_path, data_dir, monkeypatch):
@@ -295,13 +294,13 @@ def test_short_training_shard_is_a_usage_error(tmp_path):
     behind, so the same command works once the data is fixed."""
     data = tmp_path / "data"
     data.mkdir()
-    T.write_shard(str(data / "x_val_000000.bin"), np.arange(1000) % 256)
-    T.write_shard(str(data / "x_train_000001.bin"), np.arange(100) % 256)  # one step needs 4 * 32 + 1 = 129
+    write_shard(str(data / "x_val_000000.bin"), np.arange(1000) % 256)
+    write_shard(str(data / "x_train_000001.bin"), np.arange(100) % 256)  # one step needs 4 * 32 + 1 = 129
     r = run_cli(f"--data={data}", f"--out_dir={tmp_path}/o", "--batch_size=4", "--seq_len=32", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "x_train_000001.bin holds 100 tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
-    T.write_shard(str(data / "x_train_000000.bin"), np.arange(1000) % 256)  # now the short shard comes second
+    write_shard(str(data / "x_train_000000.bin"), np.arange(1000) % 256)  # now the short shard comes second
     r = run_cli(f"--data={data}", f"--out_dir={tmp_path}/o", "--batch_size=4", "--seq_len=32", cwd=tmp_path)
     assert r.returncode == 2 and "x_train_000001.bin holds 100 tokens" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
@@ -309,11 +308,16 @@ def test_short_training_shard_is_a_usage_error(tmp_path):
 
 def test_command_line_is_the_inverse_of_parse_args():
     cfg = T.TrainConfig(data="my data", lr=1e-3, compile=True, optimizer="muon", llr=True,
-                        llr_config=T.LLRConfig(interval=17, mean_one=True), lanton_config=T.LANTONConfig(every=5))
+                        llr_config=llr.LLRConfig(interval=17, mean_one=True), lanton_config=lanton.LANTONConfig(every=5))
     line = T.command_line(cfg)
     assert line.startswith("python train.py ") and "--llr_interval=17" in line and "--preset" not in line
     assert T.parse_args(shlex.split(line)[2:]) == cfg
     assert T.command_line(T.TrainConfig()) == "python train.py"
+    # bench.py's result files hold these strings: the same config must always give the same command
+    assert line == ("python train.py '--data=my data' --optimizer=muon --lr=0.001 --llr --llr_interval=17 "
+                    "--llr_mean_one=True --lanton_every=5 --compile")
+    assert T.command_line(T.TrainConfig(compile=False, max_steps=10, warmup_steps=0, beta2=0.999)) == \
+        "python train.py --max_steps=10 --warmup_steps=0 --beta2=0.999"
 
 
 def test_failure_before_the_first_step_leaves_out_dir_as_found(tmp_path, data_dir, monkeypatch):
@@ -374,17 +378,18 @@ def test_bare_flag_and_nested_llr_options():
     assert T.parse_args([]) == T.TrainConfig()
 
 
-def test_help_lists_every_field_with_its_default_and_comment():
+def test_help_lists_every_field_with_its_default_and_help():
     r = run_cli("--help")
     assert r.returncode == 0 and r.stderr == ""
     text = " ".join(r.stdout.split())  # argparse wraps lines
-    for prefix, cfg in [("", T.TrainConfig()), ("llr_", T.LLRConfig()), ("lanton_", T.LANTONConfig())]:
+    for prefix, cfg in [("", T.TrainConfig()), ("llr_", llr.LLRConfig()), ("lanton_", lanton.LANTONConfig())]:
         for f in dataclasses.fields(cfg):
             if f.name.endswith("_config"):
                 continue
             assert f"--{prefix}{f.name}" in text, f.name
             assert f"(default: {getattr(cfg, f.name)!r})" in text, f.name
     assert "cosine decays to min_lr_ratio * lr (default: 0.1)" in text and "10% of max_steps" in text
+    assert "recompute every this many steps" in text and "moving average of the squared noise" in text  # nested help
     assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 
 
@@ -460,8 +465,6 @@ def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch)
 def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, data_dir, monkeypatch):
     """--optimizer=muon --llr --lanton: at every step, each group's lr is its optimizer's peak (--lr for AdamW,
     --muon_lr for Muon) x warmup/cosine computed here by hand x LLR's multiplier x LANTON's multiplier."""
-    import lanton
-    import llr
     scales, lrs = {"llr": [], "lanton": []}, []
 
     def spy_controller(cls, label):
@@ -487,8 +490,8 @@ def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, 
     spy_optimizer(llr.Muon, 0.05)
     steps, warmup, floor = 12, 3, 0.2
     T.train(small(tmp_path, data_dir, optimizer="muon", lr=1e-3, muon_lr=0.05, llr=True, lanton=True, max_steps=steps,
-                  warmup_steps=warmup, min_lr_ratio=floor, llr_config=T.LLRConfig(interval=2, ramp=1, window=1.0),
-                  lanton_config=T.LANTONConfig(every=2)))
+                  warmup_steps=warmup, min_lr_ratio=floor, llr_config=llr.LLRConfig(interval=2, ramp=1, window=1.0),
+                  lanton_config=lanton.LANTONConfig(every=2)))
     assert len(lrs) == steps
     muon_names = {n for n, (peak, _) in lrs[0].items() if peak == 0.05}
     assert muon_names and all("_proj" in n for n in muon_names) and "lm_head.weight" not in muon_names
@@ -502,7 +505,7 @@ def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, 
 
 
 def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
-    kw = dict(optimizer="muon", llr=True, llr_config=T.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
+    kw = dict(optimizer="muon", llr=True, llr_config=llr.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
     assert straight["val_loss"] < 4.0
     T.train(small(tmp_path / "b", data_dir, stop_after=3, **kw))  # stops in the middle of a ramp
@@ -532,13 +535,13 @@ def test_lanton_cli_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     assert "noise" in r.stdout and "lanton" in r.stdout.splitlines()[-1]
     records = [json.loads(l) for l in open(tmp_path / "cli" / "metrics.jsonl")]
-    lanton = [x for x in records if x.get("method") == "lanton"]
-    assert [x["step"] for x in lanton] == [4, 8]
-    mult = lanton[-1]["multipliers"]
+    refreshes = [x for x in records if x.get("method") == "lanton"]
+    assert [x["step"] for x in refreshes] == [4, 8]
+    mult = refreshes[-1]["multipliers"]
     hidden = [v for k, v in mult.items() if "_proj" in k]
     assert max(hidden) == 1.0 and 0 < min(hidden) < 1  # the least noisy matrix keeps the base lr
     # resume from a checkpoint taken on the step that holds the previous gradient (step 5: 6 % 3 == 0)
-    kw = dict(optimizer="muon", lanton=True, llr=True, lanton_config=T.LANTONConfig(every=3))
+    kw = dict(optimizer="muon", lanton=True, llr=True, lanton_config=lanton.LANTONConfig(every=3))
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
     T.train(small(tmp_path / "b", data_dir, stop_after=6, **kw))
     assert torch.load(tmp_path / "b" / "out" / "ckpt.pt")["lanton"]["prev"] is not None
@@ -568,7 +571,7 @@ def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
     code = report["quality"]["setup"]["code"]
     assert bench.code_fingerprint() == code  # deterministic
     monkeypatch.setattr(bench, "code_fingerprint", lambda: code)
-    monkeypatch.setattr(bench.T, "train", lambda cfg: pytest.fail("a cached run was trained again"))
+    monkeypatch.setattr(bench.train, "train", lambda cfg: pytest.fail("a cached run was trained again"))
     again = bench.main(["quality", "--quick"])
     assert again["quality"]["table"] == report["quality"]["table"] and sorted(os.listdir(tmp_path / "results" / "quick" / "runs")) == runs
     for name in runs:  # a study that builds on tiny-muon needs its tuned runs, not its LLR rows
