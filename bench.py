@@ -34,6 +34,7 @@ try:
 except ImportError:
     fcntl = None
 
+import common
 import lanton
 import llr
 import plot
@@ -710,7 +711,7 @@ def main(argv=None):
         args.studies = [s for s in args.studies if s in quick] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
     os.makedirs(RESULTS, exist_ok=True)
-    env = {"cpu": train.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    env = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}
     report = {"env": env}
     for name, fn in (("cost", cost), ("speed", speed), ("quality", quality)):

@@ -43,23 +43,6 @@ def nested(cls, prefix, section=None):
     return dataclasses.field(default_factory=cls, metadata={"prefix": prefix, "section": section})
 
 
-# --help of the nested configs' fields, which carry a trailing comment (llr.py, lanton.py) but no metadata
-NESTED_HELP = {
-    "LLRConfig": {
-        "interval": "recompute every this many steps; 0 = max_steps // 80 (paper: 40 of 3,200)",
-        "ramp": "steps to glide to a new multiplier; 0 = hard switch; -1 = interval // 2",
-        "window": "recompute only while step <= window * max_steps, then freeze",
-        "r_min": "multiplier of the heaviest-tailed (smallest alpha) matrix",
-        "r_max": "multiplier of the lightest-tailed matrix (1B scripts use 5)",
-        "xmin_pos": "Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median",
-        "embed_head": "'rmax': embedding and LM head get r_max (published); 'one': keep 1",
-        "mean_one": "divide multipliers by their parameter-weighted mean (a control)"},
-    "LANTONConfig": {
-        "every": "measure the noise every this many steps (paper, App. H: 10, ~4% overhead)",
-        "beta2": "moving average of the squared noise, H = beta2 H + (1 - beta2) n^2",
-        "eps": "in H's units (a squared norm): (1e-8)^2, far below any real measurement"}}
-
-
 def parse_bool(text):
     if text.lower() in ("1", "true", "yes"):
         return True
@@ -93,7 +76,7 @@ def build_parser(cls, **kw):
             sub = f.default_factory()
             for g in dataclasses.fields(sub):
                 name = f"{type(sub).__name__}.{g.name}"  # the generic help, where none is written
-                help = g.metadata.get("help") or NESTED_HELP.get(type(sub).__name__, {}).get(g.name, name)
+                help = g.metadata.get("help", name)
                 add_option(group, f"{meta['prefix']}_{g.name}", f"{f.name}.{g.name}", g.type,
                            getattr(sub, g.name), help, g.metadata.get("choices"))
         else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llr import _first, _groups, _map_groups, batched_over_ranks, nuclear_norm, roles
+from llr import _first, _groups, _map_groups, _opt, batched_over_ranks, nuclear_norm, roles
 
 # the paper's three layer families (Table 1; it says "groups", a word kept here for optimizer param groups):
 # multipliers are relative to the least noisy layer of the family
@@ -35,9 +35,9 @@ def _l1_noise(grads, prevs):  # (B, *shape) each: entrywise l1 (see the LANTON d
 
 @dataclass
 class LANTONConfig:
-    every: int = 10         # measure the noise every this many steps (paper, App. H: 10, ~4% overhead)
-    beta2: float = 0.9      # moving average of the squared noise, H = beta2 H + (1 - beta2) n^2
-    eps: float = 1e-16      # in H's units (a squared norm): (1e-8)^2, far below any real measurement
+    every: int = _opt(10, "measure the noise every this many steps (paper, App. H: 10, ~4% overhead)")
+    beta2: float = _opt(0.9, "moving average of the squared noise, H = beta2 H + (1 - beta2) n^2")
+    eps: float = _opt(1e-16, "in H's units (a squared norm): (1e-8)^2, far below any real measurement")
 
     def __post_init__(self):
         for ok, msg in [(self.every >= 1, f"every must be >= 1, got {self.every}"),

@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -147,16 +147,20 @@ def alpha_to_multipliers(alphas, r_min=1.0, r_max=3.0):
 # ---- 3. when multipliers change: the LLR controller, with soft and hard switching ----
 
 
+def _opt(default, help):  # a config field and its --help (train.py's command line reads it)
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class LLRConfig:
-    interval: int = 0           # recompute every this many steps; 0 = total_steps // 80 (paper: 40 of 3,200)
-    ramp: int = -1              # steps to glide to a new multiplier; 0 = hard switch; -1 = interval // 2
-    window: float = 0.2         # recompute only while step <= window * total_steps, then freeze
-    r_min: float = 1.0          # multiplier of the heaviest-tailed (smallest alpha) matrix
-    r_max: float = 3.0          # multiplier of the lightest-tailed matrix (1B scripts use 5)
-    xmin_pos: float = 2.0       # Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median
-    embed_head: str = "rmax"    # 'rmax': embedding and LM head get r_max (published); 'one': keep 1
-    mean_one: bool = False      # divide multipliers by their parameter-weighted mean (a control)
+    interval: int = _opt(0, "recompute every this many steps; 0 = the run's steps // 80 (paper: 40 of 3,200)")
+    ramp: int = _opt(-1, "steps to glide to a new multiplier; 0 = hard switch; -1 = interval // 2")
+    window: float = _opt(0.2, "recompute only while step <= window * the run's steps, then freeze")
+    r_min: float = _opt(1.0, "multiplier of the heaviest-tailed (smallest alpha) matrix")
+    r_max: float = _opt(3.0, "multiplier of the lightest-tailed matrix (1B scripts use 5)")
+    xmin_pos: float = _opt(2.0, "Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median")
+    embed_head: str = _opt("rmax", "'rmax': embedding and LM head get r_max (published); 'one': keep 1")
+    mean_one: bool = _opt(False, "divide multipliers by their parameter-weighted mean (a control)")
 
     def __post_init__(self):
         rules = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),

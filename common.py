@@ -1,0 +1,179 @@
+"""
+The plumbing around a training run, kept out of train.py so that the loop reads on its own: the processes
+(one, or one per device under torchrun), checkpoints that resume a run exactly, metrics.jsonl and wandb,
+the run's first record, and the signals that end a run with a checkpoint.
+
+    rank, world, device = compute_init(cfg)       # torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or one process
+    save_checkpoint(out_dir, state, step=step)    # state: {key: obj with state_dict(), or a list of them}
+    step = load_checkpoint(out_dir, state, cfg, meta, device, run_only)
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import signal
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import tiktoken
+import torch
+import torch.distributed as dist
+
+from cli import UsageError
+
+# ---- processes ----
+
+def compute_init(cfg):
+    """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def compute_cleanup():
+    if dist.is_initialized():
+        dist.barrier()  # gloo can abort if a peer tears down while another still talks
+        dist.destroy_process_group()
+
+
+def print0(*args):
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun sets RANK: the console shows one copy of each line
+        print(*args, flush=True)
+
+
+# ---- checkpoints ----
+
+def save_checkpoint(out_dir, state, **info):
+    """out_dir/ckpt.pt of state ({key: an object with state_dict(), or a list of them}) and info (plain
+    values: step, config, ...). With load_checkpoint, the one place that knows a checkpoint's layout."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict()
+            for k, v in state.items()}
+    # the RNGs as tensors and plain numbers only, so that torch.load's default weights_only=True loads it
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_rng = [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    ckpt["rng"] = {"torch": torch.get_rng_state(), "numpy": numpy_rng,
+                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save({**ckpt, **info}, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a crash mid-write never leaves a broken ckpt.pt
+
+
+def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
+    """Restore every object of state and the RNGs from out_dir/ckpt.pt, and return the step. The run must go
+    on with the same settings (those in run_only aside) and shards of the same tokenizer."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = torch.load(path, map_location=device)
+    if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+        raise UsageError(f"--data holds {meta['tokenizer']} tokens but {path} was trained on "
+                         f"{ckpt['meta']['tokenizer']} tokens; point --data at shards of the same tokenizer")
+    diff = [f"--{k}={ckpt['config'].get(k)} (now {v})" for k, v in dataclasses.asdict(cfg).items()
+            if k not in run_only and ckpt["config"].get(k) != v]
+    if diff:
+        raise UsageError(f"{path} was trained with other settings: {', '.join(diff)}; pass the same ones")
+    for key, obj in state.items():
+        for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
+            o.load_state_dict(saved)
+    rng = ckpt["rng"]
+    torch.set_rng_state(rng["torch"])
+    keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return ckpt["step"]
+
+
+# ---- logs ----
+
+class Metrics:
+    """out_dir/metrics.jsonl, one JSON record a line, written by rank 0 only, and with --wandb the numbers of
+    every record with a step to a wandb run (each invocation one run; a resumed run's share a group). A run
+    that fails before its first step calls close(discard=True) to take back what it wrote: its lines, and
+    out_dir if it made it (no checkpoint exists yet, and another run's files are never touched)."""
+
+    def __init__(self, cfg, master):
+        self.out_dir, self.path = cfg.out_dir, os.path.join(cfg.out_dir, "metrics.jsonl")
+        self.file, self.wandb = None, None
+        if master and cfg.wandb:
+            import wandb
+            name = os.path.basename(os.path.abspath(cfg.out_dir))
+            self.wandb = wandb.init(project=cfg.wandb, name=name, group=name, config=dataclasses.asdict(cfg))
+        if master:
+            self.made_dir = not os.path.isdir(cfg.out_dir)
+            self.size = os.path.getsize(self.path) if os.path.exists(self.path) else None
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            self.file = open(self.path, "a" if cfg.resume else "w")  # a resume appends
+
+    def write(self, record):
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.wandb and "step" in record:  # the numbers, flattened: alphas/<name>, llr/multipliers/<name>
+            flat, prefix = {}, f"{record['method']}/" if "method" in record else ""
+            for key, value in record.items():
+                for name, x in value.items() if isinstance(value, dict) else [("", value)]:
+                    if key != "step" and isinstance(x, (int, float)):
+                        flat[prefix + (f"{key}/{name}" if name else key)] = x
+            self.wandb.log(flat, step=record["step"])
+
+    def close(self, failed=False, discard=False):
+        if not self.file or self.file.closed:
+            return
+        self.file.close()
+        if discard:
+            if self.size is None:
+                os.remove(self.path)
+            else:
+                os.truncate(self.path, self.size)  # a resume appends: cut back to what was there
+            if self.made_dir and not os.listdir(self.out_dir):
+                os.rmdir(self.out_dir)
+        if self.wandb:
+            self.wandb.finish(exit_code=int(failed))  # wandb shows a failed run as failed
+
+
+def cpu_name():
+    """The CPU's model name where Linux tells it (platform.processor() there is just 'x86_64')."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
+def run_record(cfg, model, device, world, step, meta):
+    """The first line of metrics.jsonl (and of each resume): what runs, on what, from which step."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                "tiktoken": tiktoken.__version__}
+    return {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg), "versions": versions,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
+
+
+def peak_flops(device):
+    """The GPU's dense bf16 FLOP/s, for the console's MFU; None where unknown."""
+    peaks = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((v for k, v in peaks.items() if k in name), None)
+
+
+# ---- signals ----
+
+@contextmanager
+def stop_signals():
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) are noted in the yielded list instead of raised, so that
+    the loop finishes its step, writes a checkpoint and exits. (Signals reach only the main thread.)"""
+    caught, old = [], {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+               for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
