@@ -53,7 +53,9 @@ BPE = os.path.join("data", f"stdlib_torch_bpe{BPE_VOCAB}")
 
 
 def stdlib_files():
-    """The standard library's .py files, tests excluded, in name order."""
+    """The .py files of the standard library's directory and of its direct subdirectories, tests
+    excluded, in name order. site-packages is one of those subdirectories, so its top-level modules
+    are part of the corpus: the committed runs' corpus is what RESULTS.md's protocol lists."""
     root = sysconfig.get_paths()["stdlib"]
     files = glob.glob(f"{root}/*.py") + glob.glob(f"{root}/*/*.py")
     return sorted(f for f in files if "/test" not in f)
