@@ -241,7 +241,7 @@ def write_big_hf_vocab(path):  # a tokenizer.json of 70,001 tokens: too many for
     return str(path)
 
 
-def test_hugging_face_tokenizer_errors(tmp_path, corpus, capsys):
+def test_hugging_face_tokenizer_errors(tmp_path, corpus, capsys, monkeypatch):
     _, inputs = corpus
     (tmp_path / "empty").mkdir()
     cases = [  # (tokenizer, words in the one-line message)
@@ -255,6 +255,10 @@ def test_hugging_face_tokenizer_errors(tmp_path, corpus, capsys):
         assert prepare(tmp_path / "out", inputs, tokenizer=tokenizer) == 2, tokenizer
         assert_one_line_error(capsys.readouterr().err, *words)
         assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import then raises ImportError, as when not installed
+    assert prepare(tmp_path / "out", inputs, tokenizer=cases[0][0]) == 2
+    assert_one_line_error(capsys.readouterr().err, "pip install tokenizers")
+    monkeypatch.undo()
     r = run_cli("--input", *inputs, "--tokenizer", "no-such-org/no-such-tokenizer", "--out_dir", str(tmp_path / "out"),
                 env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2
