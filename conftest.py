@@ -182,3 +182,21 @@ def data_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("data") / "pydoc")
     train.build_embedded_corpus(d)
     return d
+
+
+def hf_tokenizer_file(path, specials=("<pad>", "</s>", "<unk>"), vocab_size=300):
+    """A byte-level BPE tokenizer trained here (no network) and saved as path (a tokenizer.json). By default
+    it has T5's special tokens, in T5's order: </s>, id 1, is its end-of-text, and like T5 it appends </s>
+    to what it encodes with special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in specials else None))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    words = "the of and to in a is that for it was with on as by at from this be are or have not you but"
+    tok.train_from_iterator([words] * 20, trainer)
+    if "</s>" in specials:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                           special_tokens=[("</s>", specials.index("</s>"))])
+    tok.save(str(path))
+    return str(path)

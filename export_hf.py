@@ -6,7 +6,8 @@ transformers.AutoModelForCausalLM.from_pretrained loads, for lm-evaluation-harne
 
 The weights map one to one (model.py uses Hugging Face's module names and rotary convention). The
 vocabulary keeps its padding (GPT-2's 50,257 tokens padded to 50,304 rows, as the model was trained):
-the tokenizer never produces the extra ids. GPT-2-tokenized runs use the `gpt2` tokenizer; a run on
+the tokenizer never produces the extra ids. A run on a Hugging Face tokenizer (T5's, ...) has it saved
+beside the model, where AutoTokenizer finds it; GPT-2-tokenized runs use the `gpt2` tokenizer; a run on
 byte tokens has no Hugging Face tokenizer, so its export is for logits, not for lm-eval.
 """
 
@@ -19,7 +20,7 @@ import sys
 import torch
 
 from cli import Parser, UsageError
-from prepare_fineweb import short
+from prepare_fineweb import get_tokenizer, is_hugging_face, short
 
 
 def hf_config(mc, meta):
@@ -34,6 +35,16 @@ def hf_config(mc, meta):
             "rope_parameters": {"rope_type": "default", "rope_theta": mc["rope_theta"]},
             "tie_word_embeddings": mc["tie_embeddings"], "hidden_act": "silu", "attention_bias": False,
             "mlp_bias": False, "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
+
+
+def save_tokenizer(name, path):
+    """The run's Hugging Face tokenizer in path: its tokenizer.json, and a tokenizer_config.json that has
+    transformers load it as it is, with the documents' separator as end-of-sequence."""
+    enc = get_tokenizer(name)
+    enc.tok.save(os.path.join(path, "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": enc.tok.id_to_token(enc.eot_token)}
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def export(run_dir, target):
@@ -67,6 +78,13 @@ def export(run_dir, target):
     save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(mc, meta), f, indent=2)
+    if is_hugging_face(meta["tokenizer"]):
+        try:
+            save_tokenizer(meta["tokenizer"], tmp)
+        except Exception as e:  # e.g. a hub tokenizer, offline and not in the cache
+            shutil.rmtree(tmp)
+            raise UsageError(f"cannot save the run's tokenizer {meta['tokenizer']!r} with the model "
+                             f"({short(e)}); nothing was written") from None
     if os.path.isdir(target):
         os.rmdir(target)  # empty, checked above
     os.replace(tmp, target)  # written aside, then renamed: never half an export under the target's name
@@ -84,7 +102,10 @@ def main(argv=None):
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.target}/config.json and model.safetensors (LlamaForCausalLM)")
-    if tokenizer == "gpt2" or tokenizer.endswith("gpt2"):
+    if is_hugging_face(tokenizer):
+        print(f"tokenizer: {tokenizer}, saved beside the model, e.g. lm_eval --model hf "
+              f"--model_args pretrained={args.target} ...")
+    elif tokenizer == "gpt2" or tokenizer.endswith("gpt2"):
         print("tokenizer: gpt2, e.g. lm_eval --model hf "
               f"--model_args pretrained={args.target},tokenizer=gpt2 ...")
     else:

@@ -1,11 +1,13 @@
 """
 Tokenize FineWeb into llm.c token shards for train.py, streamed from the Hugging Face Hub. Stands alone:
-numpy and tiktoken, no torch. train.py takes the shard format and the tokenizers from here.
+numpy and tiktoken (tokenizers for Hugging Face's), no torch. train.py takes the shard format and the
+tokenizers from here.
 
     python prepare_fineweb.py                        # sample-10BT -> data/fineweb10B/, 10^8 tokens a shard
     python prepare_fineweb.py --max_tokens=1.8e9     # just enough for the 60M preset (1.68B train tokens)
     python prepare_fineweb.py --edu                  # FineWeb-Edu -> data/edu_fineweb10B/
     python prepare_fineweb.py --input a.parquet b.jsonl.gz c.txt --tokenizer=gpt2.tiktoken
+    python prepare_fineweb.py --tokenizer=google-t5/t5-base   # the paper's: T5's tokenizer, </s> between documents
     python prepare_fineweb.py --input a.parquet --bench   # tokens/s against a one-process loop
 
 Shard 0 is validation, the rest train. Interrupted? Run the same command again: it resumes.
@@ -35,26 +37,103 @@ from cli import Parser, UsageError
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
+# a Hugging Face tokenizer's end-of-text token, the first of these it has: GPT-2 and its kin, T5 and
+# LLaMA-2, LLaMA-3, Gemma
+SEPARATORS = (EOT, "</s>", "<|end_of_text|>", "<eos>")
 DOCS_PER_TASK = 64  # documents per worker task: tens of thousands of tokens, enough to amortize the pickling
 
 # ---- the shard format (llm.c's) and the tokenizers ----
 
 def get_tokenizer(name):
-    """'gpt2' (tiktoken downloads its ranks), a local PATH.tiktoken ranks file, or 'bytes'."""
+    """'bytes', a local PATH.tiktoken ranks file, an encoding tiktoken knows by name ('gpt2'; it downloads
+    the ranks), or else a Hugging Face tokenizer: a tokenizer.json file, a directory holding one (as
+    save_pretrained writes it) or a hub name (google-t5/t5-base)."""
     if name == "bytes":  # 256 single-byte tokens
         stem, ranks = "bytes", {bytes([i]): i for i in range(256)}
     elif name.endswith(".tiktoken"):  # offline: the file tiktoken would download
         from tiktoken.load import load_tiktoken_bpe
         stem, ranks = os.path.basename(name)[: -len(".tiktoken")], load_tiktoken_bpe(name)
-    else:
+    elif not is_hugging_face(name):
         return tiktoken.get_encoding(name)
+    else:
+        return hf_tokenizer(name)
     # end-of-text comes right after the ranks: 256 for bytes, 50256 for GPT-2's file
     return tiktoken.Encoding(stem, pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+
+
+def is_hugging_face(name):  # anything but bytes, a ranks file or an encoding tiktoken knows by name
+    return not (name == "bytes" or name.endswith(".tiktoken") or name in tiktoken.list_encoding_names())
+
+
+def hf_tokenizer(name):
+    """A Hugging Face tokenizer, named by the absolute path of a local one or by its hub name."""
+    try:
+        from tokenizers import Tokenizer  # here, not at the top: only Hugging Face tokenizers need it
+    except ImportError:
+        raise UsageError(f"tokenizer {name!r} needs the tokenizers library: pip install tokenizers") from None
+    path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
+    if os.path.isdir(name) and not os.path.isfile(path):
+        raise ValueError(f"{name} holds no tokenizer.json (save_pretrained of a fast tokenizer writes one)")
+    if os.path.isfile(path):
+        return HFTokenizer(os.path.abspath(name), Tokenizer.from_file(path))
+    return HFTokenizer(name, Tokenizer.from_pretrained(name))  # from the hub, or its local cache
+
+
+class HFTokenizer:
+    """A tokenizers.Tokenizer with the part of tiktoken.Encoding the project uses. Documents are separated
+    by its end-of-text token: the first of SEPARATORS that it has as a special token. Like tiktoken's
+    encode_ordinary, text that spells a special token is encoded as text."""
+
+    def __init__(self, name, tok):
+        self.name, self.tok = name, tok
+        tok.encode_special_tokens = True  # "</s>" inside a document is text, never the separator
+        self.special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        sep = next((s for s in SEPARATORS if s in self.special), None)
+        if sep is None:
+            raise ValueError(f"no end-of-text token: none of its special tokens ({', '.join(self.special) or 'none'})"
+                             f" is one of {' '.join(SEPARATORS)}; add one as a special token")
+        self.eot_token = self.special[sep]
+        self.n_vocab = 1 + max(tok.get_vocab(with_added_tokens=True).values())
+
+    def __reduce__(self):  # pickling drops encode_special_tokens; rebuilding through __init__ sets it again
+        return HFTokenizer, (self.name, self.tok)
+
+    def encode_ordinary(self, text):
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        except TypeError:  # lone surrogates (from a JSON escape): U+FFFD instead, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_to_numpy(self, text, disallowed_special=()):
+        return np.array(self.encode_ordinary(text), dtype=np.uint32)
+
+    def encode_ordinary_batch(self, texts):
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode(self, text):  # as tiktoken's: text that spells a special token raises
+        if spelled := [s for s in self.special if s in text]:
+            raise ValueError(f"the text spells the special token {spelled[0]!r}")
+        return self.encode_ordinary(text)
+
+    def decode(self, ids):
+        """Whole runs of ids at once (the tokenizer's decoder joins pieces); an id from the vocabulary's
+        padding shows as U+FFFD."""
+        pieces, run = [], []
+        for t in [*ids, None]:
+            if t is not None and t < self.n_vocab:
+                run.append(t)
+            else:
+                pieces.append(self.tok.decode(run, skip_special_tokens=False))
+                run = []
+        return "\ufffd".join(pieces)
 
 
 def decode(enc, ids):
     """Text of token ids. An id from the vocabulary's padding (never in the data, but an untrained model
     samples them) shows as U+FFFD; so do bytes that are not UTF-8."""
+    if isinstance(enc, HFTokenizer):
+        return enc.decode(ids)
     pieces = (enc.decode_single_token_bytes(t) if t < enc.n_vocab else "\ufffd".encode() for t in ids)
     return b"".join(pieces).decode("utf-8", errors="replace")
 
@@ -370,16 +449,18 @@ def bench(args, enc):
 # ---- command line ----
 
 def load_tokenizer(name):
-    if name.endswith(".tiktoken") and not os.path.isfile(name):
+    if name.endswith((".tiktoken", ".json")) and not os.path.isfile(name):
         raise UsageError(f"tokenizer file not found: {name}")
     try:
         enc = get_tokenizer(name)
+    except UsageError:
+        raise
     except Exception as e:
-        if name.endswith(".tiktoken"):
-            raise UsageError(f"could not read tokenizer file {name}: {short(e)}")
+        if os.path.exists(name):
+            raise UsageError(f"could not read tokenizer {name}: {short(e)}")
         why = f"download failed ({type(e).__name__})" if isinstance(e, OSError) else short(e)
-        raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass its ranks file, "
-                         "e.g. --tokenizer path/to/gpt2.tiktoken")
+        raise UsageError(f"could not load tokenizer {name!r}: {why}; offline? pass a local copy, "
+                         "e.g. --tokenizer path/to/gpt2.tiktoken or path/to/tokenizer.json")
     if enc.n_vocab > 2**16:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab:,} tokens, but shards store uint16: "
                          "at most 65,536")
@@ -405,7 +486,9 @@ def parse_args(argv):
                    help="HuggingFaceFW/fineweb-edu instead of HuggingFaceFW/fineweb")
     p.add_argument("--input", nargs="+", metavar="PATH",
                    help="local .parquet/.jsonl(.gz)/.txt files, not the Hub")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (downloads), PATH.tiktoken (offline) or bytes")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2 (downloads), PATH.tiktoken (offline), bytes, or a Hugging Face tokenizer: "
+                        "a hub name, a save_pretrained directory or a tokenizer.json")
     p.add_argument("--out_dir", help="default data/fineweb10B, or data/edu_fineweb10B with --edu")
     p.add_argument("--shard_size", type=count, default=10**8, help="tokens per shard")
     p.add_argument("--max_tokens", type=count, help="stop after this many tokens, all shards together")

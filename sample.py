@@ -6,8 +6,8 @@ Sample text from a trained run, decoded with the run's own tokenizer.
     python sample.py --out_dir=out/llama60m-adamw-llr --tokenizer=gpt2.tiktoken   # GPT-2 shards, offline
 
 Every sample starts a new document, as in the shards: end-of-text, then --start. The tokenizer is the one
-the checkpoint's data was made with (bytes, GPT-2, ...); where it cannot be loaded (GPT-2 without
-internet), point --tokenizer at the ranks file the shards were made with.
+the checkpoint's data was made with (bytes, GPT-2, a Hugging Face tokenizer such as T5's, ...); where it
+cannot be loaded (GPT-2 or a hub tokenizer without internet), point --tokenizer at a local copy of it.
 """
 
 import math
@@ -38,13 +38,14 @@ def load_model(out_dir, device):
 
 
 def load_tokenizer(meta, path):
-    """The tokenizer named in the run's meta (bytes, gpt2, ...), or the one given; its vocabulary
-    must match."""
+    """The tokenizer named in the run's meta (bytes, gpt2, a Hugging Face one, ...), or the one given; its
+    vocabulary must match."""
     name = path or meta["tokenizer"]
     try:
         enc = get_tokenizer(name)
     except Exception as e:  # tiktoken downloads 'gpt2' on first use; offline that fails, as does a bad file
-        hint = "" if path else "; pass the ranks file the shards were made with: --tokenizer=PATH.tiktoken"
+        hint = "" if path else ("; pass a local copy of the tokenizer the shards were made with: "
+                                "--tokenizer=PATH.tiktoken or PATH/tokenizer.json")
         raise UsageError(f"cannot load tokenizer {name!r} ({short(e)}){hint}") from None
     if enc.n_vocab != meta["vocab_size"]:
         raise UsageError(f"tokenizer {name!r} has {enc.n_vocab} tokens, but the run was trained on "
@@ -57,7 +58,7 @@ def encode_start(enc, start):
     """end-of-text (a document starts here), then the start text; refuse what is not plain text."""
     try:
         start.encode("utf-8")  # a shell may hand over bytes that are not UTF-8 (lone surrogates here)
-        ids = enc.encode(start)  # text that spells a special token (<|endoftext|>) raises
+        ids = enc.encode(start)  # text that spells a special token (<|endoftext|>, </s>) raises
     except (UnicodeEncodeError, ValueError) as e:
         raise UsageError(f"--start={start!r} cannot be encoded: {short(e)}") from None
     return [enc.eot_token] + ids
@@ -77,7 +78,8 @@ def parse_args(argv):
     p.add_argument("--top_k", type=int, default=50, help="sample only among the k likeliest tokens; 0 = all")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.add_argument("--tokenizer", default="",
-                   help="bytes, gpt2 or PATH.tiktoken; default: the one the run's data was made with")
+                   help="bytes, gpt2, PATH.tiktoken or a Hugging Face tokenizer (hub name, directory, "
+                        "tokenizer.json); default: the one the run's data was made with")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto = cuda when available")
     args = p.parse_args(argv)

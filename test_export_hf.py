@@ -5,6 +5,7 @@ Tests of export_hf.py: the exported directory loads in transformers and gives ou
 """
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -13,13 +14,15 @@ import torch
 
 import export_hf
 import train as T
+from conftest import hf_tokenizer_file
 from model import LLaMA, ModelConfig, PRESETS
+from prepare_fineweb import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 
-def checkpoint(path, mc, seed=0):
+def checkpoint(path, mc, seed=0, meta=None):
     """A checkpoint as train.py writes it (the keys export reads), of a model with random weights."""
     torch.manual_seed(seed)
     model = LLaMA(mc)
@@ -27,14 +30,15 @@ def checkpoint(path, mc, seed=0):
         p.data.normal_(0, 0.1 if p.ndim == 2 else 1.0)
     os.makedirs(path, exist_ok=True)
     torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(mc), "config": dataclasses.asdict(T.TrainConfig()),
-                "meta": {"tokenizer": "gpt2", "vocab_size": 100, "eot": 99}}, os.path.join(path, "ckpt.pt"))
+                "meta": meta or {"tokenizer": "gpt2", "vocab_size": 100, "eot": 99}}, os.path.join(path, "ckpt.pt"))
     return model
 
 
 @pytest.mark.parametrize("mc", [ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=128, max_seq_len=32),  # MHA
                                 ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, max_seq_len=32),  # GQA
-                                ModelConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=128, max_seq_len=32, tie_embeddings=True)],
-                         ids=["mha", "gqa", "tied"])
+                                ModelConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=128, max_seq_len=32, tie_embeddings=True),
+                                ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, max_seq_len=32, rope_theta=500.0)],
+                         ids=["mha", "gqa", "tied", "rope_theta"])
 def test_transformers_gives_our_logits(tmp_path, mc):
     ours = checkpoint(tmp_path / "run", mc)  # vocabulary 100 padded to 128 rows
     assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
@@ -43,6 +47,23 @@ def test_transformers_gives_our_logits(tmp_path, mc):
     idx = torch.randint(0, 100, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=idx).logits, ours(idx)[0], rtol=1e-5, atol=1e-5)
+    with open(tmp_path / "hf" / "config.json") as f:  # transformers 4 reads the first, 5 the second
+        config = json.load(f)
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == mc.rope_theta
+
+
+def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path, capsys):
+    """A run on a T5-like tokenizer exports it beside the model: AutoTokenizer, as lm-eval calls it with
+    pretrained=DIR alone, loads it, encodes as the shards did, and ends sequences with the separator."""
+    tok = hf_tokenizer_file(tmp_path / "tokenizer.json")
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=320, max_seq_len=8),
+               meta={"tokenizer": tok, "vocab_size": 300, "eot": 1})
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert f"pretrained={tmp_path / 'hf'} " in capsys.readouterr().out
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "the cat and naïve café, 東京"
+    assert hf_tok(text, add_special_tokens=False).input_ids == get_tokenizer(tok).encode_ordinary(text)
+    assert (hf_tok.eos_token, hf_tok.eos_token_id) == ("</s>", 1)
 
 
 def test_a_trained_run_exports_and_still_resumes_exactly(tmp_path, data_dir):

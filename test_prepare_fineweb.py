@@ -10,9 +10,11 @@ import multiprocessing
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import prepare_fineweb as pf
-from conftest import run, started
+from conftest import hf_tokenizer_file, run, started
 from prepare_fineweb import get_tokenizer, read_meta, read_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -185,6 +187,82 @@ def test_worker_tokens_are_encode_ordinary(tokenizer, monkeypatch):
     expected = [[enc.eot_token] + enc.encode_ordinary(t) for t in texts]
     assert state == "state" and tokens.dtype == np.uint16
     assert tokens.tolist() == sum(expected, []) and lens.tolist() == [len(e) for e in expected]
+
+
+# ---- Hugging Face tokenizers ----
+
+@pytest.fixture(scope="module")
+def t5_like(tmp_path_factory):
+    """One T5-like tokenizer (</s>, id 1, its end-of-text) as a tokenizer.json and as a directory holding it,
+    as save_pretrained leaves it."""
+    d = tmp_path_factory.mktemp("tok")
+    (d / "dir").mkdir()
+    path = hf_tokenizer_file(d / "tokenizer.json")
+    shutil.copy(path, d / "dir" / "tokenizer.json")
+    return {"file": path, "dir": str(d / "dir")}
+
+
+@pytest.mark.parametrize("form", ["file", "dir"])
+def test_hugging_face_tokenizer_shards(tmp_path, t5_like, form):
+    """Shards of a T5-like tokenizer: </s> before every document and only there, even where a document spells
+    it; every document decodes back to its text; meta.json names the tokenizer, which reloads from it."""
+    from tokenizers import Tokenizer
+    docs = make_docs(200)
+    docs[4] = "a </s> and a <pad> in the text"
+    out = tmp_path / "out"
+    assert prepare(out, [write_jsonl(tmp_path / "docs.jsonl", docs)], tokenizer=t5_like[form]) == 0
+    tok = Tokenizer.from_file(t5_like["file"])  # the library's own, not ours, decodes
+    tokens = all_tokens(out)
+    starts = np.flatnonzero(tokens == tok.token_to_id("</s>"))
+    assert len(starts) == len(docs) and starts[0] == 0
+    decoded = [tok.decode(piece.tolist(), skip_special_tokens=False) for piece in np.split(tokens, starts[1:])]
+    assert decoded == ["</s>" + d for d in docs]
+    meta = read_meta(out)
+    assert meta == {"tokenizer": os.path.abspath(t5_like[form]), "vocab_size": 300, "eot": 1}
+    enc = get_tokenizer(meta["tokenizer"])
+    assert pf.decode(enc, tokens[:starts[3]].tolist() + [300, 301]) == "</s>" + "</s>".join(docs[:3]) + "\ufffd" * 2
+    assert enc.decode(enc.encode_ordinary("x \ud83d y")) == "x \ufffd y"  # a lone surrogate, as tiktoken repairs it
+
+
+def test_hugging_face_separator_rule():
+    """The separator is the first of <|endoftext|>, </s>, <|end_of_text|>, <eos> that the tokenizer has as
+    a special token, wherever it sits in the vocabulary."""
+    with tempfile.TemporaryDirectory() as tmp:
+        both = get_tokenizer(hf_tokenizer_file(os.path.join(tmp, "a.json"), ("<unk>", "</s>", "<|endoftext|>")))
+        llama3 = get_tokenizer(hf_tokenizer_file(os.path.join(tmp, "b.json"), ("<|begin_of_text|>", "<|end_of_text|>")))
+    assert (both.eot_token, llama3.eot_token) == (2, 1)
+
+
+def write_big_hf_vocab(path):  # a tokenizer.json of 70,001 tokens: too many for uint16 shards
+    from tokenizers import Tokenizer, models
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(70000)}, unk_token="w0"))
+    tok.add_special_tokens(["</s>"])
+    tok.save(str(path))
+    return str(path)
+
+
+def test_hugging_face_tokenizer_errors(tmp_path, corpus, capsys, monkeypatch):
+    _, inputs = corpus
+    (tmp_path / "empty").mkdir()
+    cases = [  # (tokenizer, words in the one-line message)
+        (hf_tokenizer_file(tmp_path / "no_eot.json", ("<pad>", "<unk>")), ["no end-of-text token", "</s>"]),
+        (write_big_hf_vocab(tmp_path / "big.json"), ["70,001", "65,536"]),
+        (str(tmp_path / "missing.json"), ["not found"]),
+        (str(tmp_path / "empty"), ["no tokenizer.json"]),
+    ]
+    for tokenizer, words in cases:
+        capsys.readouterr()
+        assert prepare(tmp_path / "out", inputs, tokenizer=tokenizer) == 2, tokenizer
+        assert_one_line_error(capsys.readouterr().err, *words)
+        assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import then raises ImportError, as when not installed
+    assert prepare(tmp_path / "out", inputs, tokenizer=cases[0][0]) == 2
+    assert_one_line_error(capsys.readouterr().err, "pip install tokenizers")
+    monkeypatch.undo()
+    r = run_cli("--input", *inputs, "--tokenizer", "no-such-org/no-such-tokenizer", "--out_dir", str(tmp_path / "out"),
+                env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr, "no-such-org/no-such-tokenizer", "--tokenizer")
 
 
 def test_command_line_run(tmp_path, corpus):

@@ -4,15 +4,20 @@ Tests of sample.py: text from a checkpoint made here, decoded with the run's tok
     python -m pytest -q test_sample.py
 """
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import prepare_fineweb
 import sample
 import train as T
+from conftest import hf_tokenizer_file
+from model import LLaMA, ModelConfig
 from prepare_fineweb import decode, get_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -91,3 +96,51 @@ def test_a_checkpoint_is_read_without_the_training_code(run, tmp_path, capsys):
     del ckpt["model_config"]  # a checkpoint that does not say how to build its model
     torch.save(ckpt, tmp_path / "ckpt.pt")
     one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load", "model_config")
+
+
+def test_temperature_shapes_the_sampled_distribution():
+    """generate draws from softmax(logits / temperature): at 0.5 and at 2, the frequencies of 20,000 draws
+    of one token match that distribution, and not the untempered softmax(logits)."""
+    torch.manual_seed(0)
+    model = LLaMA(ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=8, max_seq_len=8)).eval()
+    idx = torch.tensor([[3, 1, 4]])
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # logits nats apart (init gives near-uniform), so that temperature shows
+        logits = model(idx)[0][0, -1]
+        for t in (0.5, 2.0):
+            out = model.generate(idx.repeat(20000, 1), 1, temperature=t, generator=torch.Generator().manual_seed(0))
+            freq = torch.bincount(out[:, -1], minlength=8) / 20000
+            tv = lambda p: 0.5 * (freq - p).abs().sum().item()  # total variation distance
+            assert tv(F.softmax(logits / t, -1)) < 0.03 and tv(F.softmax(logits, -1)) > 0.1, t
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory):
+    """A 4-step run on shards of a T5-like Hugging Face tokenizer trained here (300 tokens, </s> = 1)."""
+    from pydoc_data.topics import topics
+    tmp = tmp_path_factory.mktemp("hf")
+    docs = tmp / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)[:30]))
+    assert prepare_fineweb.main(["--input", str(docs), "--tokenizer", hf_tokenizer_file(tmp / "tokenizer.json"),
+                                 "--shard_size", "10000", "--out_dir", str(tmp / "data"), "--workers", "1"]) == 0
+    summary = T.train(T.TrainConfig(data=str(tmp / "data"), out_dir=str(tmp / "out"), device="cpu", max_steps=4,
+                                    batch_size=2, seq_len=32, eval_interval=4, eval_steps=1, sample_tokens=8))
+    return str(tmp / "out"), summary
+
+
+def test_a_run_on_a_hugging_face_tokenizer(hf_run, capsys):
+    """train.py sizes the vocabulary from the tokenizer and prints samples decoded with it; sample.py encodes
+    the start text and decodes with it, and refuses a start text that spells its separator."""
+    out, summary = hf_run
+    assert summary["model"].cfg.vocab_size == 320  # 300 tokens, padded to a multiple of 64
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        assert [r for r in map(json.loads, f) if isinstance(r.get("sample"), str)]
+    assert sample.main([f"--out_dir={out}", "--start=the ", "--num_samples=1", "--max_new_tokens=12",
+                        "--temperature=0"]) == 0
+    text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
+    model, meta = sample.load_model(out, torch.device("cpu"))
+    enc = get_tokenizer(meta["tokenizer"])
+    assert enc.eot_token == 1 and enc.encode("the ") == enc.tok.encode("the ", add_special_tokens=False).ids
+    ids = model.generate(torch.tensor([[1] + enc.encode("the ")]), 12, temperature=0)[0, 1:].tolist()
+    assert text.startswith("the ") and text == decode(enc, ids)
+    one_line_error(capsys, [f"--out_dir={out}", "--start=a </s> b"], "--start", "cannot be encoded")
