@@ -504,6 +504,23 @@ def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, 
     assert min(scales["lanton"][-1][n] for n in muon_names) < 0.9
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_embed_head_lr_changes_only_the_embedding_and_head(optimizer):
+    """--embed_head_lr=3 (uniform, no LLR): embedding and head start at 3x --lr; every other group, Muon's
+    included, keeps the peak it has without the flag."""
+    def peaks(**kw):
+        cfg = T.TrainConfig(optimizer=optimizer, lr=1e-3, muon_lr=0.05, **kw)
+        model = LLaMA(dataclasses.replace(PRESETS["tiny"], vocab_size=320))
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(g["params"][0])]: g["initial_lr"]
+                for o in T.build_optimizers(model, cfg, fused=False) for g in o.param_groups}
+    plain, raised = peaks(), peaks(embed_head_lr=3.0)
+    assert plain.keys() == raised.keys()
+    changed = {n for n in plain if raised[n] != plain[n]}
+    assert changed == {"embed_tokens.weight", "lm_head.weight"}
+    assert all(raised[n] == pytest.approx(3 * plain[n]) == pytest.approx(3e-3) for n in changed)
+
+
 def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):
     kw = dict(optimizer="muon", llr=True, llr_config=llr.LLRConfig(interval=2, ramp=3))  # recomputes at 0 and 2
     straight = T.train(small(tmp_path / "a", data_dir, **kw))
