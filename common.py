@@ -4,7 +4,7 @@ The plumbing around a training run, kept out of train.py so that the loop reads 
 the run's first record, and the signals that end a run with a checkpoint.
 
     rank, world, device = compute_init(cfg)       # torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or one process
-    save_checkpoint(out_dir, state, step=step)    # state: {key: obj with state_dict(), or a list of them}
+    save_checkpoint(out_dir, state, device, step=step)  # state: {key: obj with state_dict(), or a list}
     step = load_checkpoint(out_dir, state, cfg, meta, device, run_only)
 """
 
@@ -50,24 +50,57 @@ def print0(*args):
 
 # ---- checkpoints ----
 
-def save_checkpoint(out_dir, state, **info):
-    """out_dir/ckpt.pt of state ({key: an object with state_dict(), or a list of them}) and info (plain
-    values: step, config, ...). With load_checkpoint, the one place that knows a checkpoint's layout."""
+def rng_state(device):
+    """The RNGs this process draws from: CPU, numpy, and on CUDA its own device's (a --device=cpu run never
+    touches CUDA). Bytes and numbers, not tensors, so that torch.load's map_location moves none of them and
+    its default weights_only=True loads them."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state().numpy().tobytes(),
+            "numpy": [keys.astype(np.uint32).tobytes(), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state(device).numpy().tobytes() if device.type == "cuda" else None}
+
+
+def set_rng_state(rng, device):
+    """rng_state's inverse, on whatever device this run resumes on. Under DDP every rank restores rank 0's
+    states: every rank seeds the same (torch.manual_seed seeds every GPU) and draws the same, so rank 0's are
+    every rank's; each rank sets its own device's generator only."""
+    as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # a CPU ByteTensor, as torch asks
+    torch.set_rng_state(as_tensor(rng["torch"]))
+    keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state(("MT19937", np.frombuffer(keys, dtype=np.uint32).copy(), pos, has_gauss, cached))
+    if device.type == "cuda" and rng["cuda"] is not None:  # a run begun on CPU keeps its CUDA seed
+        torch.cuda.set_rng_state(as_tensor(rng["cuda"]), device)
+
+
+# an optimizer's choice of kernel: that of the device it runs on, not of the one a checkpoint was written on
+IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def load_state(obj, saved):
+    """obj.load_state_dict(saved); an optimizer keeps the implementation it was built with. The flags are
+    set before loading, as they decide where the loaded state goes (fused AdamW's step count on the GPU)."""
+    if isinstance(obj, torch.optim.Optimizer) and len(saved["param_groups"]) == len(obj.param_groups):
+        groups = [{**s, **{k: g[k] for k in IMPLEMENTATION if k in g}}
+                  for s, g in zip(saved["param_groups"], obj.param_groups)]
+        saved = {**saved, "param_groups": groups}  # (other counts: load_state_dict says what is wrong)
+    obj.load_state_dict(saved)
+
+
+def save_checkpoint(out_dir, state, device, **info):
+    """out_dir/ckpt.pt of state ({key: an object with state_dict(), or a list of them}), the RNGs of this
+    process on device, and info (plain values: step, config, ...). With load_checkpoint, the one place that
+    knows a checkpoint's layout."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict()
             for k, v in state.items()}
-    # the RNGs as tensors and plain numbers only, so that torch.load's default weights_only=True loads it
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_rng = [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    ckpt["rng"] = {"torch": torch.get_rng_state(), "numpy": numpy_rng,
-                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    ckpt["rng"] = rng_state(device)
     torch.save({**ckpt, **info}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a crash mid-write never leaves a broken ckpt.pt
 
 
 def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
     """Restore every object of state and the RNGs from out_dir/ckpt.pt, and return the step. The run must go
-    on with the same settings (those in run_only aside) and shards of the same tokenizer."""
+    on with the same settings (those in run_only aside) and shards of the same tokenizer; on any device."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = torch.load(path, map_location=device)
     if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
@@ -79,13 +112,8 @@ def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
         raise UsageError(f"{path} was trained with other settings: {', '.join(diff)}; pass the same ones")
     for key, obj in state.items():
         for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
-            o.load_state_dict(saved)
-    rng = ckpt["rng"]
-    torch.set_rng_state(rng["torch"])
-    keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+            load_state(o, saved)
+    set_rng_state(ckpt["rng"], device)
     return ckpt["step"]
 
 

@@ -348,7 +348,8 @@ def train(cfg):
                     val_loss = record["val_loss"]
                 # checkpoint at every interval and on the way out
                 if rank == 0 and step > start and (at_interval or last_step):
-                    save_checkpoint(cfg.out_dir, state, step=step, config=dataclasses.asdict(cfg), meta=meta,
+                    save_checkpoint(cfg.out_dir, state, device, step=step, meta=meta,
+                                    config=dataclasses.asdict(cfg),
                                     model_config=dataclasses.asdict(model_cfg))  # for sample.py, export_hf.py
                 if last_step:
                     break
