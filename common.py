@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -183,11 +184,27 @@ def run_record(cfg, model, device, world, step, meta):
             "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
 
 
+# dense bf16 tensor-core FLOP/s of the GPUs people rent (datasheets print twice these, "with sparsity"),
+# matched in this order on torch.cuda.get_device_name; a GPU not listed (A10G, L40, H800, ...) has no MFU
+PEAK_FLOPS = [
+    (r"\bH100\b.*\bPCIe\b", 756e12),       # 'NVIDIA H100 PCIe'
+    (r"\bH100 NVL\b", 835e12),             # 'NVIDIA H100 NVL'
+    (r"\bH100\b.*\b(SXM|HBM3)\b", 989e12),  # 'NVIDIA H100 80GB HBM3': the SXM part
+    (r"\bH200 NVL\b", 835e12),             # 'NVIDIA H200 NVL'
+    (r"\bG?H200\b", 989e12),               # 'NVIDIA H200', 'NVIDIA GH200 480GB'
+    (r"\bB200\b", 2250e12),                # 'NVIDIA B200'
+    (r"\bA100\b", 312e12),                 # 'NVIDIA A100-SXM4-80GB', 'NVIDIA A100-PCIE-40GB', ...
+    (r"\bA10$", 125e12),                   # 'NVIDIA A10' (not the A10G)
+    (r"\bL40S$", 362e12),                  # 'NVIDIA L40S'
+    (r"\bL4$", 121e12),                    # 'NVIDIA L4'
+    (r"\bRTX 4090$", 165e12),              # 'NVIDIA GeForce RTX 4090' (fp32 accumulate)
+]
+
+
 def peak_flops(device):
-    """The GPU's dense bf16 FLOP/s, for the console's MFU; None where unknown."""
-    peaks = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+    """The GPU's dense bf16 FLOP/s, for the console's MFU; None on CPU and on GPUs not in PEAK_FLOPS."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((v for k, v in peaks.items() if k in name), None)
+    return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, name)), None)
 
 
 # ---- signals ----

@@ -132,3 +132,25 @@ def test_a_resumed_optimizer_runs_the_kernel_it_was_built_with(tmp_path, saved_o
     assert torch.equal(state["exp_avg"], before.state[w]["exp_avg"]) and float(state["step"]) == 1
     after.step()  # the kernel runs on the state as loaded
     assert float(after.state[w]["step"]) == 2
+
+
+# ---- the GPU table behind MFU ----
+
+# torch.cuda.get_device_name of each GPU, and its dense bf16 peak in TFLOP/s (None: not listed, no MFU shown)
+GPUS = [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989), ("NVIDIA H200 NVL", 835), ("NVIDIA GH200 480GB", 989), ("NVIDIA B200", 2250),
+        ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-SXM4-40GB", 312), ("NVIDIA A100-PCIE-40GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA A10", 125), ("NVIDIA L40S", 362), ("NVIDIA L4", 121),
+        ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA A10G", None), ("NVIDIA L40", None), ("NVIDIA H800", None),
+        ("NVIDIA GB200", None), ("NVIDIA GeForce RTX 4090 Laptop GPU", None), ("Tesla T4", None)]
+
+
+@pytest.mark.parametrize("name, tflops", GPUS)
+def test_peak_flops_of_real_device_names(monkeypatch, name, tflops):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak = common.peak_flops(torch.device("cuda", 0))
+    assert peak == (tflops and tflops * 1e12)
+
+
+def test_no_peak_flops_on_cpu():
+    assert common.peak_flops(torch.device("cpu")) is None

@@ -330,6 +330,8 @@ def train(cfg):
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | "
            f"{cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
            f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
+    if device.type == "cuda" and peak is None:
+        print0(f"no MFU: the peak FLOP/s of {torch.cuda.get_device_name(device)} is not in common.PEAK_FLOPS")
     enc = sample_tokenizer(meta) if rank == 0 and cfg.sample_tokens else None
     seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what evaluations add to training
     metrics = Metrics(cfg, rank == 0)
