@@ -30,7 +30,12 @@ def compute_init(cfg):
     """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise UsageError(f"process {local_rank} of this machine has no GPU of its own "
+                         f"({torch.cuda.device_count()} visible); start at most one process per GPU "
+                         "(torchrun --nproc_per_node), or pass --device=cpu")
     if cuda:
         torch.cuda.set_device(device)
     if world > 1:

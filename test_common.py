@@ -6,19 +6,26 @@ optimizer's kernel), the GPU table behind the console's MFU.
 """
 
 import dataclasses
+import json
+import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import common
+from conftest import run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ---- checkpoints across devices ----
 
 
 @dataclasses.dataclass
-class Cfg:  # what load_checkpoint compares a resume's settings with
+class Cfg:  # what load_checkpoint compares a resume's settings with, and compute_init reads
     lr: float = 1e-3
+    device: str = "cpu"
 
 
 def save(tmp_path, state, device):
@@ -78,7 +85,7 @@ class FakeCuda:
         self.states[self.index(device)] = state.clone()
 
 
-def test_a_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
+def test_a_cpu_run_leaves_the_gpus_alone(tmp_path, monkeypatch):
     """--device=cpu on a machine with GPUs: saving and resuming leave CUDA alone (no CUDA context)."""
     cuda = FakeCuda(monkeypatch, 2)
     save(tmp_path, {}, torch.device("cpu"))
@@ -154,3 +161,47 @@ def test_peak_flops_of_real_device_names(monkeypatch, name, tflops):
 
 def test_no_peak_flops_on_cpu():
     assert common.peak_flops(torch.device("cpu")) is None
+
+
+# ---- processes ----
+
+
+def test_more_processes_than_gpus_is_a_usage_error(monkeypatch):
+    """torchrun --nproc_per_node=2 on a machine with one GPU: process 1 says so in one line, before touching CUDA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device})"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(common.UsageError, match="no GPU of its own .1 visible.*--nproc_per_node"):
+        common.compute_init(Cfg(device="auto"))
+
+
+# ---- on a GPU: python -m pytest -q -k cuda ----
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_compile_bf16_resume_across_devices_sample_export(tmp_path, data_dir):
+    """tiny on the GPU with --compile in bf16, stopped and resumed on the CPU, then on the GPU again to the end;
+    sample.py and export_hf.py read the run. Each invocation is a user's command line."""
+    pytest.importorskip("safetensors")  # export_hf.py's extra
+    out = tmp_path / "out"
+    cli = lambda script, *args: run([sys.executable, os.path.join(HERE, script), *args], 600, cwd=tmp_path)
+    steps = [f"--data={data_dir}", f"--out_dir={out}", "--max_steps=30", "--batch_size=8", "--seq_len=64",
+             "--eval_interval=10", "--eval_steps=2", "--log_interval=5"]
+    for args in (["--device=cuda", "--compile", "--stop_after=10"], ["--device=cpu", "--resume", "--stop_after=10"],
+                 ["--device=cuda", "--compile", "--resume"]):
+        r = cli("train.py", *steps, *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        fused = [g["fused"] for g in torch.load(out / "ckpt.pt")["optimizers"][0]["param_groups"]]
+        assert set(fused) == {args[0] == "--device=cuda"}  # the kernel of the device it ran on
+        if args[0] == "--device=cuda":
+            assert "cuda:0" in r.stdout and ("| mfu " in r.stdout or "no MFU: the peak" in r.stdout), r.stdout
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["device"] != common.cpu_name() for r in records if "config" in r] == [True, False, True]
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(losses) == 30 and all(np.isfinite(losses)) and vals[-1] < vals[0] - 1
+    r = cli("sample.py", f"--out_dir={out}", "--device=cuda", "--num_samples=2", "--max_new_tokens=16")
+    assert r.returncode == 0 and r.stdout.count("-" * 40) == 2, r.stderr[-3000:]
+    r = cli("export_hf.py", str(out), str(tmp_path / "hf"))
+    assert r.returncode == 0 and (tmp_path / "hf" / "model.safetensors").exists(), r.stderr[-3000:]

@@ -36,7 +36,7 @@ def run_cli(*args, timeout=300, **kw):
 def small(tmp_path, data_dir, **kw):
     """A config that trains in about a second on 2 cores."""
     base = dict(data=data_dir, out_dir=str(tmp_path / "out"), max_steps=20, batch_size=4, seq_len=32,
-                eval_interval=10, eval_steps=2, log_interval=5)
+                eval_interval=10, eval_steps=2, log_interval=5, device="cpu")  # bitwise checks: CPU, GPU or not
     return T.TrainConfig(**{**base, **kw})
 
 
@@ -410,7 +410,8 @@ def ddp_worker_script(tmp_path):
 @pytest.mark.parametrize("extra", [(), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")])
 def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
     script = ddp_worker_script(tmp_path)
-    common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
+    common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra,
+              "--device=cpu"]  # gloo on CPU, however many GPUs the machine has
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
              *common, f"--out_dir={tmp_path}/two"], 240, env=env)  # killed with its ranks if it hangs
