@@ -67,6 +67,14 @@ def test_presets_match_the_paper():
         assert 0.9e6 < LLaMA(PRESETS["tiny"]).num_params() < 1.1e6
 
 
+def test_llama3b_preset_has_the_official_shapes_and_size():
+    c = PRESETS["llama3b"]
+    assert (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size) == (2560, 32, 32, 32, 6848, 32000)
+    block = 4 * 2560 * 2560 + 3 * 2560 * 6848 + 2 * 2560  # attention, SwiGLU, two norms
+    with torch.device("meta"):
+        assert LLaMA(c).num_params() == 32 * block + 2560 + 2 * 32000 * 2560 == 2_685_831_680  # 2.7B, untied
+
+
 def test_flops_per_token_counts_the_head_once_tied_or_not():
     for tie in (False, True):
         cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=128, max_seq_len=16, tie_embeddings=tie)
