@@ -195,7 +195,7 @@ def test_cuda_compile_bf16_resume_across_devices_sample_export(tmp_path, data_di
         fused = [g["fused"] for g in torch.load(out / "ckpt.pt")["optimizers"][0]["param_groups"]]
         assert set(fused) == {args[0] == "--device=cuda"}  # the kernel of the device it ran on
         if args[0] == "--device=cuda":
-            assert "cuda:0" in r.stdout and ("| mfu " in r.stdout or "no MFU: the peak" in r.stdout), r.stdout
+            assert "cuda:0" in r.stdout and ("| mfu " in r.stdout or "no MFU: this GPU" in r.stdout), r.stdout
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["device"] != common.cpu_name() for r in records if "config" in r] == [True, False, True]
     losses = [r["loss"] for r in records if "loss" in r]
