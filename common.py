@@ -4,7 +4,7 @@ The plumbing around a training run, kept out of train.py so that the loop reads 
 the run's first record, and the signals that end a run with a checkpoint.
 
     rank, world, device = compute_init(cfg)       # torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or one process
-    save_checkpoint(out_dir, state, step=step)    # state: {key: obj with state_dict(), or a list of them}
+    save_checkpoint(out_dir, state, device, step=step)  # state: {key: obj with state_dict(), or a list}
     step = load_checkpoint(out_dir, state, cfg, meta, device, run_only)
 """
 
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import numpy as np
 import tiktoken
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cli import UsageError
 
@@ -29,12 +31,24 @@ def compute_init(cfg):
     """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise UsageError(f"process {local_rank} of this machine has no GPU of its own "
+                         f"({torch.cuda.device_count()} visible); start at most one process per GPU "
+                         "(torchrun --nproc_per_node), or pass --device=cpu")
     if cuda:
         torch.cuda.set_device(device)
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo")
     return rank, world, device
+
+
+def wrap_ddp(model, device):
+    """DDP over the process group, with the gradients as views into its all-reduce buckets: one copy of
+    them in memory instead of two, and the same sums (nothing here keeps a gradient past its step)."""
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               gradient_as_bucket_view=True)
 
 
 def compute_cleanup():
@@ -50,24 +64,57 @@ def print0(*args):
 
 # ---- checkpoints ----
 
-def save_checkpoint(out_dir, state, **info):
-    """out_dir/ckpt.pt of state ({key: an object with state_dict(), or a list of them}) and info (plain
-    values: step, config, ...). With load_checkpoint, the one place that knows a checkpoint's layout."""
+def rng_state(device):
+    """The RNGs this process draws from: CPU, numpy, and on CUDA its own device's (a --device=cpu run never
+    touches CUDA). Bytes and numbers, not tensors, so that torch.load's map_location moves none of them and
+    its default weights_only=True loads them."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state().numpy().tobytes(),
+            "numpy": [keys.astype(np.uint32).tobytes(), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state(device).numpy().tobytes() if device.type == "cuda" else None}
+
+
+def set_rng_state(rng, device):
+    """rng_state's inverse, on whatever device this run resumes on. Under DDP every rank restores rank 0's
+    states: every rank seeds the same (torch.manual_seed seeds every GPU) and draws the same, so rank 0's are
+    every rank's; each rank sets its own device's generator only."""
+    as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # a CPU ByteTensor, as torch asks
+    torch.set_rng_state(as_tensor(rng["torch"]))
+    keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state(("MT19937", np.frombuffer(keys, dtype=np.uint32).copy(), pos, has_gauss, cached))
+    if device.type == "cuda" and rng["cuda"] is not None:  # a run begun on CPU keeps its CUDA seed
+        torch.cuda.set_rng_state(as_tensor(rng["cuda"]), device)
+
+
+# an optimizer's choice of kernel: that of the device it runs on, not of the one a checkpoint was written on
+IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def load_state(obj, saved):
+    """obj.load_state_dict(saved); an optimizer keeps the implementation it was built with. The flags are
+    set before loading, as they decide where the loaded state goes (fused AdamW's step count on the GPU)."""
+    if isinstance(obj, torch.optim.Optimizer) and len(saved["param_groups"]) == len(obj.param_groups):
+        groups = [{**s, **{k: g[k] for k in IMPLEMENTATION if k in g}}
+                  for s, g in zip(saved["param_groups"], obj.param_groups)]
+        saved = {**saved, "param_groups": groups}  # (other counts: load_state_dict says what is wrong)
+    obj.load_state_dict(saved)
+
+
+def save_checkpoint(out_dir, state, device, **info):
+    """out_dir/ckpt.pt of state ({key: an object with state_dict(), or a list of them}), the RNGs of this
+    process on device, and info (plain values: step, config, ...). With load_checkpoint, the one place that
+    knows a checkpoint's layout."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict()
             for k, v in state.items()}
-    # the RNGs as tensors and plain numbers only, so that torch.load's default weights_only=True loads it
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_rng = [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    ckpt["rng"] = {"torch": torch.get_rng_state(), "numpy": numpy_rng,
-                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    ckpt["rng"] = rng_state(device)
     torch.save({**ckpt, **info}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a crash mid-write never leaves a broken ckpt.pt
 
 
 def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
     """Restore every object of state and the RNGs from out_dir/ckpt.pt, and return the step. The run must go
-    on with the same settings (those in run_only aside) and shards of the same tokenizer."""
+    on with the same settings (those in run_only aside) and shards of the same tokenizer; on any device."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = torch.load(path, map_location=device)
     if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
@@ -79,13 +126,8 @@ def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
         raise UsageError(f"{path} was trained with other settings: {', '.join(diff)}; pass the same ones")
     for key, obj in state.items():
         for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
-            o.load_state_dict(saved)
-    rng = ckpt["rng"]
-    torch.set_rng_state(rng["torch"])
-    keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+            load_state(o, saved)
+    set_rng_state(ckpt["rng"], device)
     return ckpt["step"]
 
 
@@ -155,11 +197,27 @@ def run_record(cfg, model, device, world, step, meta):
             "world_size": world, "params": model.num_params(), "start_step": step, "data": meta}
 
 
+# dense bf16 tensor-core FLOP/s of the GPUs people rent (datasheets print twice these, "with sparsity"),
+# matched in this order on torch.cuda.get_device_name; a GPU not listed (A10G, L40, H800, ...) has no MFU
+PEAK_FLOPS = [
+    (r"\bH100\b.*\bPCIe\b", 756e12),       # 'NVIDIA H100 PCIe'
+    (r"\bH100 NVL\b", 835e12),             # 'NVIDIA H100 NVL'
+    (r"\bH100\b.*\b(SXM|HBM3)\b", 989e12),  # 'NVIDIA H100 80GB HBM3': the SXM part
+    (r"\bH200 NVL\b", 835e12),             # 'NVIDIA H200 NVL'
+    (r"\bG?H200\b", 989e12),               # 'NVIDIA H200', 'NVIDIA GH200 480GB'
+    (r"\bB200\b", 2250e12),                # 'NVIDIA B200'
+    (r"\bA100\b", 312e12),                 # 'NVIDIA A100-SXM4-80GB', 'NVIDIA A100-PCIE-40GB', ...
+    (r"\bA10$", 125e12),                   # 'NVIDIA A10' (not the A10G)
+    (r"\bL40S$", 362e12),                  # 'NVIDIA L40S'
+    (r"\bL4$", 121e12),                    # 'NVIDIA L4'
+    (r"\bRTX 4090$", 165e12),              # 'NVIDIA GeForce RTX 4090' (fp32 accumulate)
+]
+
+
 def peak_flops(device):
-    """The GPU's dense bf16 FLOP/s, for the console's MFU; None where unknown."""
-    peaks = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+    """The GPU's dense bf16 FLOP/s, for the console's MFU; None on CPU and on GPUs not in PEAK_FLOPS."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((v for k, v in peaks.items() if k in name), None)
+    return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, name)), None)
 
 
 # ---- signals ----

@@ -60,6 +60,9 @@ PRESETS = {
                              vocab_size=50304, max_seq_len=1024),
     "llama1b": ModelConfig(dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, ffn_dim=5461,
                            vocab_size=50304, max_seq_len=1024),
+    # the official code's 3B config: head_dim 80, and its 32,000-token vocabulary (--data's replaces it)
+    "llama3b": ModelConfig(dim=2560, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=6848,
+                           vocab_size=32000, max_seq_len=1024),
 }
 
 # ---- building blocks ----

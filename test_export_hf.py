@@ -68,7 +68,7 @@ def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path, capsys):
 
 def test_a_trained_run_exports_and_still_resumes_exactly(tmp_path, data_dir):
     small = lambda **kw: T.TrainConfig(data=data_dir, out_dir=str(tmp_path / "run"), max_steps=8, batch_size=2, seq_len=32,
-                                       eval_interval=4, eval_steps=1, log_interval=100, **kw)
+                                       eval_interval=4, eval_steps=1, log_interval=100, device="cpu", **kw)
     straight = T.train(dataclasses.replace(small(), out_dir=str(tmp_path / "straight")))
     T.train(small(stop_after=4))
     before = (tmp_path / "run" / "ckpt.pt").read_bytes()

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     T.build_embedded_corpus(str(tmp / "pydoc"))
     T.train(T.TrainConfig(data=str(tmp / "pydoc"), out_dir=str(tmp / "out"), max_steps=10, batch_size=4, seq_len=32,
-                          eval_interval=10, eval_steps=1, sample_tokens=0))
+                          eval_interval=10, eval_steps=1, sample_tokens=0, device="cpu"))
     return str(tmp / "out")
 
 
@@ -50,7 +50,8 @@ def test_cli_prints_samples(run):
 
 
 def test_greedy_sample_is_the_models_own_greedy_text(run, capsys):
-    assert sample.main([f"--out_dir={run}", "--start=Th", "--num_samples=1", "--max_new_tokens=12", "--temperature=0"]) == 0
+    assert sample.main([f"--out_dir={run}", "--start=Th", "--num_samples=1", "--max_new_tokens=12", "--temperature=0",
+                        "--device=cpu"]) == 0  # compared with the model on CPU below
     text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
     model, meta = sample.load_model(run, torch.device("cpu"))
     enc = get_tokenizer(meta["tokenizer"])

@@ -36,7 +36,7 @@ def run_cli(*args, timeout=300, **kw):
 def small(tmp_path, data_dir, **kw):
     """A config that trains in about a second on 2 cores."""
     base = dict(data=data_dir, out_dir=str(tmp_path / "out"), max_steps=20, batch_size=4, seq_len=32,
-                eval_interval=10, eval_steps=2, log_interval=5)
+                eval_interval=10, eval_steps=2, log_interval=5, device="cpu")  # bitwise checks: CPU, GPU or not
     return T.TrainConfig(**{**base, **kw})
 
 
@@ -65,6 +65,14 @@ def test_presets_match_the_paper():
         assert c.dim // c.n_heads == 64 and not c.tie_embeddings
     with torch.device("meta"):
         assert 0.9e6 < LLaMA(PRESETS["tiny"]).num_params() < 1.1e6
+
+
+def test_llama3b_preset_has_the_official_shapes_and_size():
+    c = PRESETS["llama3b"]
+    assert (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size) == (2560, 32, 32, 32, 6848, 32000)
+    block = 4 * 2560 * 2560 + 3 * 2560 * 6848 + 2 * 2560  # attention, SwiGLU, two norms
+    with torch.device("meta"):
+        assert LLaMA(c).num_params() == 32 * block + 2560 + 2 * 32000 * 2560 == 2_685_831_680  # 2.7B, untied
 
 
 def test_flops_per_token_counts_the_head_once_tied_or_not():
@@ -410,7 +418,8 @@ def ddp_worker_script(tmp_path):
 @pytest.mark.parametrize("extra", [(), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")])
 def test_ddp_two_processes_match_one(tmp_path, data_dir, extra):
     script = ddp_worker_script(tmp_path)
-    common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra]
+    common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=4", "--seq_len=32", "--eval_interval=3", "--eval_steps=2", *extra,
+              "--device=cpu"]  # gloo on CPU, however many GPUs the machine has
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
              *common, f"--out_dir={tmp_path}/two"], 240, env=env)  # killed with its ranks if it hangs

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 from cli import UsageError, nested, opt
 from common import (Metrics, compute_cleanup, compute_init, load_checkpoint, peak_flops, print0, run_record,
-                    save_checkpoint, stop_signals)
+                    save_checkpoint, stop_signals, wrap_ddp)
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, pad_vocab
@@ -322,14 +321,15 @@ def train(cfg):
     step = load_checkpoint(cfg.out_dir, state, cfg, meta, device, RUN_ONLY) if cfg.resume else 0
     wrapped = torch.compile(model) if cfg.compile else model
     if world > 1:
-        wrapped = DDP(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = wrap_ddp(wrapped, device)
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     peak = peak_flops(device)
 
     print0(f"{cfg.preset}: {model.num_params() / 1e6:.2f}M parameters | "
            f"{cfg.optimizer}{' + LLR' * cfg.llr}{' + LANTON' * cfg.lanton} | {device} x{world} | "
-           f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})")
+           f"{total} tokens/step ({accum} accumulation) | data {data_dir} ({meta['tokenizer']})"
+           + (" | no MFU: this GPU is not in common.PEAK_FLOPS" * (device.type == "cuda" and not peak)))
     enc = sample_tokenizer(meta) if rank == 0 and cfg.sample_tokens else None
     seconds = {"alphas": 0.0, **({"samples": 0.0} if enc else {})}  # what evaluations add to training
     metrics = Metrics(cfg, rank == 0)
@@ -348,7 +348,8 @@ def train(cfg):
                     val_loss = record["val_loss"]
                 # checkpoint at every interval and on the way out
                 if rank == 0 and step > start and (at_interval or last_step):
-                    save_checkpoint(cfg.out_dir, state, step=step, config=dataclasses.asdict(cfg), meta=meta,
+                    save_checkpoint(cfg.out_dir, state, device, step=step, meta=meta,
+                                    config=dataclasses.asdict(cfg),
                                     model_config=dataclasses.asdict(model_cfg))  # for sample.py, export_hf.py
                 if last_step:
                     break
