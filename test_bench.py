@@ -52,3 +52,38 @@ def test_speed_times_the_compiled_step_beside_the_eager_one():
     args = argparse.Namespace(speed_presets=["tiny"], seq_len=16, batch_size=2, compile=1, reps=1, muon_preset="tiny")
     row = bench.speed(args)["tiny"]
     assert row["compiled_tok_s"] > 0 and row["compile_speedup"] == pytest.approx(row["compiled_tok_s"] / row["ours_tok_s"])
+
+
+def fake_run(final, at_50, lr=1e-3, overhead=0.0):
+    """A run record as bench.make_run writes it, with what the table reads: settings, val curve, overhead."""
+    return {"final_val": final, "val": [(0, 5.0), (50, at_50), (100, final)], "command": "train.py",
+            "settings": {"optimizer": "adamw", "lr": lr, "muon_lr": 0.02}, "overhead": {"llr": overhead}}
+
+
+def test_quality_table_arithmetic_against_numbers_worked_by_hand():
+    """Difference, standard errors, the 2 s.e. test and the speedup, from synthetic runs whose answers are
+    worked out by hand below (three seeds each, every curve evaluated at steps 0, 50 and 100)."""
+    ref = [fake_run(3.0, 3.6), fake_run(3.2, 3.6), fake_run(3.1, 3.6)]  # mean 3.1, sd 0.1, s.e. 0.1/sqrt(3)
+    better = [fake_run(2.8, 3.5, overhead=0.015), fake_run(2.9, 3.5, overhead=0.015), fake_run(3.0, 3.5, overhead=0.015)]
+    close = [fake_run(3.0, 3.6), fake_run(2.95, 3.6), fake_run(3.05, 3.6)]  # mean 3.0, s.e. 0.05/sqrt(3)
+    worse = [fake_run(3.3, 3.7), fake_run(3.4, 3.7), fake_run(3.2, 3.7)]  # mean 3.3: never reaches 3.1
+    se = 0.1 / 3**0.5
+    row = lambda label, runs: bench.row("s", label, runs, ref, 3.1, se, 100, "info")
+    r = row("LLR", better)
+    # mean 2.9, s.e. 0.1/sqrt(3); difference -0.2 against 2 * sqrt(2) * s.e. = 0.163: beyond it
+    assert (r["mean"], r["se"], r["diff"]) == pytest.approx((2.9, se, -0.2)) and r["significant"]
+    # the seed-mean curve reaches 3.1 between (50, 3.5) and (100, 2.9): at 50 + 50 * 0.4 / 0.6 = 83.3 steps,
+    # so the reference's loss comes in 100 / 83.3 = 1.2 times fewer steps
+    assert r["speedup"] == pytest.approx(1.2) and r["overhead"] == pytest.approx(0.015)
+    assert bench.table_line(r, better, False) == "| s | LLR, 3 seeds | lr=0.001 | 2.9000 ± 0.0577 | -0.2000 (yes) | 1.20x | 1.5% |"
+    # -0.1: beyond one combined s.e. (sqrt(0.05**2 / 3 + 0.1**2 / 3) = 0.065), within two; reaches 3.1 at
+    # 50 + 50 * 0.5 / 0.6 = 91.7 steps
+    r = row("close", close)
+    assert r["diff"] == pytest.approx(-0.1) and not r["significant"] and r["speedup"] == pytest.approx(100 / (50 + 50 * 0.5 / 0.6))
+    assert "| 3.0000 ± 0.0289 | -0.1000 (no) | 1.09x |" in bench.table_line(r, close, False)
+    r = row("worse", worse)  # +0.2, beyond 2 s.e.; never reaches the reference's loss
+    assert r["diff"] == pytest.approx(0.2) and r["significant"] and r["speedup"] is None
+    assert "| +0.2000 (yes) | < 1x | 0.0% |" in bench.table_line(r, worse, False)
+    r = row("uniform (tuned)", ref)
+    assert r["diff"] == 0 and not r["significant"] and r["speedup"] is None
+    assert bench.table_line(r, ref, True) == "| s | uniform (tuned), 3 seeds | lr=0.001 | 3.1000 ± 0.0577 | reference |  | 0.0% |"
