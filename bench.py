@@ -22,9 +22,11 @@ import os
 import pathlib
 import platform
 import random
+import signal
 import statistics
 import sys
 import sysconfig
+import threading
 import time
 
 import torch
@@ -117,8 +119,8 @@ RETRY = 30  # seconds between looks at runs another benchmark process holds
 
 
 def start_over(out):
-    """Remove what an earlier, unfinished run left in out (its checkpoint and metrics)."""
-    for name in ("ckpt.pt", "metrics.jsonl"):
+    """Remove what an earlier, unfinished run left in out (its checkpoint, metrics and times)."""
+    for name in ("ckpt.pt", "metrics.jsonl", "seconds.jsonl"):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
 
@@ -157,6 +159,41 @@ def sha(path_or_bytes):
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C): main() exits with 128 + signum. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT raise Stopped wherever the benchmark is. Inside train() its own handlers
+    take over: the run ends at the end of its step, with a checkpoint, and finished() raises
+    Stopped."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def finished(summary, cfg):
+    """train()'s summary of a run that reached cfg.max_steps; a run a signal stopped raises Stopped,
+    so that a cut-off run is never taken for a finished one (cached, or in the fingerprint)."""
+    if summary["interrupted"]:
+        raise Stopped(summary["interrupted"])
+    assert summary["step"] == cfg.max_steps, f"train() stopped at step {summary['step']}"
+    return summary
+
+
 # train.py's defaults as the fingerprint runs take them, pinned: a run's key holds its own resolved
 # settings, so a changed default (the demo's --lr) changes no recorded run and must not change the
 # fingerprint either
@@ -184,7 +221,7 @@ def code_fingerprint():
             cfg = train.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8,
                                     batch_size=2, seq_len=32, eval_interval=0, eval_steps=2,
                                     log_interval=10**9, sample_tokens=0, **FP_SETTINGS, **kw)
-            summary = train.train(cfg)
+            summary = finished(train.train(cfg), cfg)
             losses += [summary["train_loss"], summary["val_loss"]]
     return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
 
@@ -196,17 +233,34 @@ def command(cfg):
     return train.command_line(fresh)
 
 
+def run_records(out):
+    """The records of out/metrics.jsonl, one of each kind per step. A run resumed after a hard kill
+    logs again the steps that the killed invocation had logged past its checkpoint: the last word
+    counts."""
+    records = {}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        for r in map(json.loads, f):
+            kind = r.get("method") or next(k for k in ("val_loss", "loss", "start_step") if k in r)
+            records[kind, r.get("step", r.get("start_step"))] = r  # in the place of the first
+    return list(records.values())
+
+
 def make_run(cfg, ctx, key, settings, out):
     """Train one run into out and return its record: settings, curves, alphas, multipliers, final
-    loss."""
-    start_over(out)  # a run cut off before it finished starts over
-    print(f"run {key}: {command(cfg)}", flush=True)
-    summary = train.train(dataclasses.replace(cfg, out_dir=out))
-    # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
-    if summary["step"] != cfg.max_steps:
-        raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; "
-                         "run the benchmark again to redo it")
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    loss. A run that a signal cut off keeps its checkpoint, and the next benchmark resumes it."""
+    resume = os.path.exists(os.path.join(out, "ckpt.pt"))
+    if not resume:
+        start_over(out)  # what a run killed before its first checkpoint left
+    print(f"run {key}{' (resumed)' * resume}: {command(cfg)}", flush=True)
+    summary = train.train(dataclasses.replace(cfg, out_dir=out, resume=resume))
+    # each invocation's times, so that a resumed run's shares count all of them
+    with open(os.path.join(out, "seconds.jsonl"), "a") as f:
+        f.write(json.dumps({k: v for k, v in summary.items() if k.endswith("_seconds")}) + "\n")
+    finished(summary, cfg)
+    records = run_records(out)
+    with open(os.path.join(out, "seconds.jsonl")) as f:
+        times = [json.loads(line) for line in f]
+    train_s = sum(t["train_seconds"] for t in times)
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
     evals = [r for r in records if "val_loss" in r]
     return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"],
@@ -217,10 +271,11 @@ def make_run(cfg, ctx, key, settings, out):
             "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in evals if "alphas" in r],
             "llr": [r for r in records if r.get("method") == "llr"],
             "lanton": [r for r in records if r.get("method") == "lanton"],
-            "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
+            "final_val": summary["val_loss"],
+            "seconds": sum(r["ms"] for r in records if "loss" in r) / 1000,
             "device": records[0]["device"],
-            "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton")
-                         if f"{m}_fraction" in summary}}
+            "overhead": {m: sum(t[f"{m}_seconds"] for t in times) / max(train_s, 1e-9)
+                         for m in ("llr", "lanton") if f"{m}_seconds" in summary}}
 
 
 def run_once(cfg, ctx):
@@ -558,8 +613,9 @@ def cost(args):
         out = os.path.join(RESULTS, "out", f"cost-{method}-{steps}")
         start_over(out)
         small = {"batch_size": 4, "seq_len": 64} if args.quick else {}
-        summary = train.train(train.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0,
-                                                log_interval=10**9, **kw, **small))
+        cfg = train.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0,
+                                log_interval=10**9, **kw, **small)
+        summary = finished(train.train(cfg), cfg)
         lines = open(os.path.join(out, "metrics.jsonl"))
         n = len([line for line in lines if f'"method": "{method}"' in line])
         seconds, fraction = summary[f"{method}_seconds"], summary[f"{method}_fraction"]
@@ -710,6 +766,18 @@ def main(argv=None):
         quick = ("tiny-adamw", "tiny-muon", "tiny-lanton")
         args.studies = [s for s in args.studies if s in quick] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
+    with stop_on_signals():
+        try:
+            return sections(args)
+        except Stopped as e:  # one line, and the shell's death-by-signal status
+            print(f"bench.py: stopped by {signal.Signals(e.signum).name}; finished runs are cached "
+                  "and a cut-off run resumes from its checkpoint: run the same command to go on",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(128 + e.signum) from None
+
+
+def sections(args):
+    """The sections args.what names, each saved to RESULTS as it ends; the report of all of them."""
     os.makedirs(RESULTS, exist_ok=True)
     env = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}

@@ -4,9 +4,23 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
     python -m pytest -q test_bench.py
 """
 
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+import torch
 
 import bench
+import llr
+from conftest import started, wait_for_line
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.skipif(bench.fcntl is None, reason="no fcntl (Windows): no locks")
@@ -87,3 +101,97 @@ def test_quality_table_arithmetic_against_numbers_worked_by_hand():
     r = row("uniform (tuned)", ref)
     assert r["diff"] == 0 and not r["significant"] and r["speedup"] is None
     assert bench.table_line(r, ref, True) == "| s | uniform (tuned), 3 seeds | lr=0.001 | 3.1000 ± 0.0577 | reference |  | 0.0% |"
+
+
+# ---- signals: the benchmark stops at once, caches nothing cut off, and goes on where it stopped ----
+
+
+def stop(cmd, cwd, after, signum):
+    """Start cmd (in a process group of its own), send signum once it prints a line starting with after;
+    returns (exit status, seconds from the signal to the exit, stdout, stderr)."""
+    with started(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        wait_for_line(p, after, timeout=300)
+        t0 = time.monotonic()
+        p.send_signal(signum)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(cmd[1:])} still ran 120s after the signal")
+        return p.returncode, time.monotonic() - t0, out, err
+
+
+def test_sigterm_during_the_fingerprint_exits_143_and_caches_nothing(tmp_path):
+    """A real SIGTERM to a real benchmark while its fingerprint's first run trains: exit 143 with one line
+    on stderr, no fingerprint (the cut-off run's losses are not taken), no run started, nothing cached."""
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "quality", "--studies=demo"]
+    # LLR's first table: the fingerprint's first run is in its loop, where train() notes signals
+    rc, seconds, out, err = stop(cmd, tmp_path, "layer ", signal.SIGTERM)
+    print(f"exited {seconds:.1f}s after SIGTERM")
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1].startswith("bench.py: stopped by SIGTERM") and "Traceback" not in err
+    assert "code fingerprint" not in out and "\nrun " not in out
+    assert not (tmp_path / "results" / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
+
+
+def test_ctrl_c_during_cost_exits_130_and_saves_no_partial_section(tmp_path):
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "cost", "--quick"]
+    rc, seconds, out, err = stop(cmd, tmp_path, "ESD + Hill alpha of", signal.SIGINT)
+    print(f"exited {seconds:.1f}s after SIGINT")
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1].startswith("bench.py: stopped by SIGINT") and "Traceback" not in err
+    assert not (tmp_path / "results" / "quick" / "cost.json").exists()
+
+
+def quick_run(data_dir):
+    return bench.train.TrainConfig(data=data_dir, max_steps=12, batch_size=4, seq_len=32, eval_interval=4,
+                                   eval_steps=2, log_interval=10**9, sample_tokens=0, llr=True,
+                                   llr_config=llr.LLRConfig(interval=3, ramp=1, window=1.0))
+
+
+def same_record(a, b):  # all but the timings and the machine
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "overhead", "device")}
+    assert drop(a) == drop(b) and a["overhead"].keys() == b["overhead"].keys()
+
+
+def test_a_run_a_signal_stops_is_not_cached_and_resumes_to_the_same_record(tmp_path, data_dir, monkeypatch):
+    """SIGTERM (a real one, to this process) at step 5: Stopped, no run file, the checkpoint kept; the next
+    run_once resumes from it and caches the very record of an uninterrupted run."""
+    cfg, ctx = quick_run(data_dir), {"data": ["d"], "code": "c"}
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "straight"))
+    straight = bench.run_once(cfg, ctx)
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "stopped"))
+    lr_mult = bench.train.lr_mult
+
+    def signal_at_step_5(step, cfg):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lr_mult(step, cfg)
+    monkeypatch.setattr(bench.train, "lr_mult", signal_at_step_5)
+    with pytest.raises(bench.Stopped) as stopped:
+        bench.run_once(cfg, ctx)
+    assert stopped.value.signum == signal.SIGTERM
+    assert not list((tmp_path / "stopped" / "runs").glob("*.json"))
+    out = tmp_path / "stopped" / "out" / straight["key"]
+    assert 5 < torch.load(out / "ckpt.pt")["step"] < 12  # stopped within a step or two, with a checkpoint
+    monkeypatch.setattr(bench.train, "lr_mult", lr_mult)
+    same_record(bench.run_once(cfg, ctx), straight)
+    starts = [json.loads(line)["start_step"] for line in open(out / "metrics.jsonl") if '"start_step"' in line]
+    assert starts[0] == 0 and 5 < starts[1] < 12 and len(starts) == 2  # resumed, not started over
+    assert [f.name for f in (tmp_path / "stopped" / "runs").glob("*.json")] == [straight["key"] + ".json"]
+
+
+def test_a_run_killed_past_its_checkpoint_resumes_to_the_same_record(tmp_path, data_dir, monkeypatch):
+    """A hard kill at step 10 leaves metrics.jsonl two steps (and an LLR recompute) past the checkpoint of
+    step 8; the resumed run logs them again, and its record is that of an uninterrupted run."""
+    cfg, ctx = quick_run(data_dir), {"data": ["d"], "code": "c"}
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "straight"))
+    straight = bench.run_once(cfg, ctx)
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "killed"))
+    out = tmp_path / "killed" / "out" / straight["key"]
+    bench.train.train(dataclasses.replace(cfg, out_dir=str(out), stop_after=8))
+    shutil.copy(out / "ckpt.pt", out / "ckpt8.pt")
+    bench.train.train(dataclasses.replace(cfg, out_dir=str(out), resume=True, stop_after=2))
+    os.replace(out / "ckpt8.pt", out / "ckpt.pt")  # as if killed at step 10: the last checkpoint is step 8's
+    steps = [json.loads(line).get("step") for line in open(out / "metrics.jsonl")]
+    assert steps.count(9) == 2 and 10 in steps  # step 9's loss and LLR's recompute at step 9
+    same_record(bench.run_once(cfg, ctx), straight)
