@@ -3,7 +3,8 @@ Benchmarks. Every figure is measured by the run that prints it.
 
     python bench.py quality       # LLR against a tuned uniform LR, AdamW and Muon (hours on 2
                                   # cores; resumable)
-    python bench.py cost          # time of the spectral diagnostic: ours against the official route
+    python bench.py cost          # time of the spectral diagnostic: ours against the official route,
+                                  # and one LLR recompute beside busy processes
     python bench.py speed         # training throughput against transformers' LlamaForCausalLM;
                                   # Muon against torch.optim.Muon
     python bench.py all --quick   # all three with tiny settings, in under two minutes
@@ -24,6 +25,7 @@ import platform
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -582,6 +584,67 @@ def hidden_shapes(preset):
                 if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
 
 
+# a CPU burner: torch matmuls on 2 threads until killed or past its deadline (argv[1] seconds)
+BURN = """import sys, time, torch
+torch.set_num_threads(2)
+a, end = torch.randn(512, 512), time.monotonic() + float(sys.argv[1])
+print("burning", flush=True)
+while time.monotonic() < end:
+    a @ a
+"""
+
+
+@contextlib.contextmanager
+def busy_cpu(n, deadline=600):
+    """n CPU-burning processes beside this one, each in a process group of its own, killed when the
+    block ends however it ends (and ending by themselves at the deadline should this process die).
+    Yields their pids once all of them burn."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BURN, str(deadline)],
+                                          stdout=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        for p in procs:
+            p.stdout.readline()  # "burning" (or nothing, if it died)
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            p.stdout.close()
+
+
+def recompute_seconds(preset, reps):
+    """Median seconds of one LLR recompute (alphas of every matrix, then the map) of a freshly
+    initialised preset, as train.py's controller makes it."""
+    model = LLaMA(PRESETS[preset])
+    opt = torch.optim.AdamW(llr.param_groups(model, 0.1))
+    times = []
+    for _ in range(reps):
+        ctrl = llr.LLR(model, opt, total_steps=1000)
+        t0 = time.perf_counter()
+        ctrl.step(0)  # a new controller recomputes at its first step
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def recompute_under_load(presets, reps):
+    """One LLR recompute on the CPU as it is, then with two processes burning 2 threads each beside
+    it: the spectra run on one thread, so that a busy CPU slows them no more than it must."""
+    rows = {}
+    for preset in presets:
+        recompute_seconds(preset, 1)  # warm up
+        quiet = recompute_seconds(preset, reps)
+        with busy_cpu(2):
+            busy = recompute_seconds(preset, reps)
+        rows[preset] = {"quiet_ms": 1000 * quiet, "busy_ms": 1000 * busy, "ratio": busy / quiet}
+        print(f"one LLR recompute of {preset}: {1000 * quiet:.1f} ms as the CPU is, "
+              f"{1000 * busy:.1f} ms beside two busy processes ({busy / quiet:.2f}x)", flush=True)
+    return rows
+
+
 def cost(args):
     rows = {}
     for preset in args.cost_presets:
@@ -606,6 +669,7 @@ def cost(args):
         print(f"ESD + Hill alpha of {len(shapes)} matrices of {preset}: ours {t_ours:.2f}s, "
               f"official {t_ref:.2f}s, {t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}",
               flush=True)
+    rows["llr_recompute_under_load"] = recompute_under_load(args.recompute_presets, args.reps)
     # one recompute inside a real training run of the CPU preset, and its share of training time
     # (LANTON's too)
     steps = 40 if args.quick else 200
@@ -757,7 +821,7 @@ def main(argv=None):
         raise SystemExit(2) from None
     args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 16, 5
     args.cost_presets, args.speed_presets = ["llama60m", "llama1b"], ["tiny", "small"]
-    args.muon_preset = "tiny"
+    args.muon_preset, args.recompute_presets = "tiny", ["tiny", "small"]
     global RESULTS
     # quick results never mix with real ones
     RESULTS = os.path.join("results", "quick") if args.quick else "results"
@@ -766,6 +830,7 @@ def main(argv=None):
         quick = ("tiny-adamw", "tiny-muon", "tiny-lanton")
         args.studies = [s for s in args.studies if s in quick] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
+        args.recompute_presets = ["tiny"]
     with stop_on_signals():
         try:
             return sections(args)

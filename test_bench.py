@@ -195,3 +195,29 @@ def test_a_run_killed_past_its_checkpoint_resumes_to_the_same_record(tmp_path, d
     steps = [json.loads(line).get("step") for line in open(out / "metrics.jsonl")]
     assert steps.count(9) == 2 and 10 in steps  # step 9's loss and LLR's recompute at step 9
     same_record(bench.run_once(cfg, ctx), straight)
+
+
+# ---- cost: one LLR recompute beside busy processes ----
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.deadline(120)  # a burner left running would hold the block's wait
+def test_busy_cpu_burners_die_with_the_block_however_it_ends():
+    with pytest.raises(bench.Stopped):
+        with bench.busy_cpu(2) as pids:
+            assert len(pids) == 2 and all(alive(pid) for pid in pids)  # burning, each in a group of its own
+            assert all(os.getpgid(pid) == pid for pid in pids)
+            raise bench.Stopped(signal.SIGTERM)  # as a signal raises it there
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_recompute_under_load_times_both():
+    row = bench.recompute_under_load(["tiny"], reps=1)["tiny"]
+    assert row["quiet_ms"] > 0 and row["busy_ms"] > 0 and row["ratio"] == pytest.approx(row["busy_ms"] / row["quiet_ms"])
