@@ -3,7 +3,8 @@ Benchmarks. Every figure is measured by the run that prints it.
 
     python bench.py quality       # LLR against a tuned uniform LR, AdamW and Muon (hours on 2
                                   # cores; resumable)
-    python bench.py cost          # time of the spectral diagnostic: ours against the official route
+    python bench.py cost          # time of the spectral diagnostic: ours against the official route,
+                                  # and one LLR recompute beside busy processes
     python bench.py speed         # training throughput against transformers' LlamaForCausalLM;
                                   # Muon against torch.optim.Muon
     python bench.py all --quick   # all three with tiny settings, in under two minutes
@@ -22,9 +23,12 @@ import os
 import pathlib
 import platform
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import sysconfig
+import threading
 import time
 
 import torch
@@ -119,8 +123,8 @@ RETRY = 30  # seconds between looks at runs another benchmark process holds
 
 
 def start_over(out):
-    """Remove what an earlier, unfinished run left in out (its checkpoint and metrics)."""
-    for name in ("ckpt.pt", "metrics.jsonl"):
+    """Remove what an earlier, unfinished run left in out (its checkpoint, metrics and times)."""
+    for name in ("ckpt.pt", "metrics.jsonl", "seconds.jsonl"):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
 
@@ -159,6 +163,41 @@ def sha(path_or_bytes):
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C): main() exits with 128 + signum. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT raise Stopped wherever the benchmark is. Inside train() its own handlers
+    take over: the run ends at the end of its step, with a checkpoint, and finished() raises
+    Stopped."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def finished(summary, cfg):
+    """train()'s summary of a run that reached cfg.max_steps; a run a signal stopped raises Stopped,
+    so that a cut-off run is never taken for a finished one (cached, or in the fingerprint)."""
+    if summary["interrupted"]:
+        raise Stopped(summary["interrupted"])
+    assert summary["step"] == cfg.max_steps, f"train() stopped at step {summary['step']}"
+    return summary
+
+
 # train.py's defaults as the fingerprint runs take them, pinned: a run's key holds its own resolved
 # settings, so a changed default (the demo's --lr) changes no recorded run and must not change the
 # fingerprint either
@@ -186,7 +225,7 @@ def code_fingerprint():
             cfg = train.TrainConfig(data=data, out_dir=os.path.join(tmp, str(i)), max_steps=8,
                                     batch_size=2, seq_len=32, eval_interval=0, eval_steps=2,
                                     log_interval=10**9, sample_tokens=0, **FP_SETTINGS, **kw)
-            summary = train.train(cfg)
+            summary = finished(train.train(cfg), cfg)
             losses += [summary["train_loss"], summary["val_loss"]]
     return sha(json.dumps([float(f"{x:.5g}") for x in losses]).encode())
 
@@ -198,17 +237,34 @@ def command(cfg):
     return train.command_line(fresh)
 
 
+def run_records(out):
+    """The records of out/metrics.jsonl, one of each kind per step. A run resumed after a hard kill
+    logs again the steps that the killed invocation had logged past its checkpoint: the last word
+    counts."""
+    records = {}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        for r in map(json.loads, f):
+            kind = r.get("method") or next(k for k in ("val_loss", "loss", "start_step") if k in r)
+            records[kind, r.get("step", r.get("start_step"))] = r  # in the place of the first
+    return list(records.values())
+
+
 def make_run(cfg, ctx, key, settings, out):
     """Train one run into out and return its record: settings, curves, alphas, multipliers, final
-    loss."""
-    start_over(out)  # a run cut off before it finished starts over
-    print(f"run {key}: {command(cfg)}", flush=True)
-    summary = train.train(dataclasses.replace(cfg, out_dir=out))
-    # SIGTERM or Ctrl-C stops train() early: never cache a cut-off run
-    if summary["step"] != cfg.max_steps:
-        raise SystemExit(f"run {key} stopped at step {summary['step']} of {cfg.max_steps}; "
-                         "run the benchmark again to redo it")
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    loss. A run that a signal cut off keeps its checkpoint, and the next benchmark resumes it."""
+    resume = os.path.exists(os.path.join(out, "ckpt.pt"))
+    if not resume:
+        start_over(out)  # what a run killed before its first checkpoint left
+    print(f"run {key}{' (resumed)' * resume}: {command(cfg)}", flush=True)
+    summary = train.train(dataclasses.replace(cfg, out_dir=out, resume=resume))
+    # each invocation's times, so that a resumed run's shares count all of them
+    with open(os.path.join(out, "seconds.jsonl"), "a") as f:
+        f.write(json.dumps({k: v for k, v in summary.items() if k.endswith("_seconds")}) + "\n")
+    finished(summary, cfg)
+    records = run_records(out)
+    with open(os.path.join(out, "seconds.jsonl")) as f:
+        times = [json.loads(line) for line in f]
+    train_s = sum(t["train_seconds"] for t in times)
     os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
     evals = [r for r in records if "val_loss" in r]
     return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"],
@@ -219,10 +275,11 @@ def make_run(cfg, ctx, key, settings, out):
             "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in evals if "alphas" in r],
             "llr": [r for r in records if r.get("method") == "llr"],
             "lanton": [r for r in records if r.get("method") == "lanton"],
-            "final_val": summary["val_loss"], "seconds": summary["train_seconds"],
+            "final_val": summary["val_loss"],
+            "seconds": sum(r["ms"] for r in records if "loss" in r) / 1000,
             "device": records[0]["device"],
-            "overhead": {m: summary[f"{m}_fraction"] for m in ("llr", "lanton")
-                         if f"{m}_fraction" in summary}}
+            "overhead": {m: sum(t[f"{m}_seconds"] for t in times) / max(train_s, 1e-9)
+                         for m in ("llr", "lanton") if f"{m}_seconds" in summary}}
 
 
 def run_once(cfg, ctx):
@@ -529,6 +586,67 @@ def hidden_shapes(preset):
                 if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
 
 
+# a CPU burner: torch matmuls on 2 threads until killed or past its deadline (argv[1] seconds)
+BURN = """import sys, time, torch
+torch.set_num_threads(2)
+a, end = torch.randn(512, 512), time.monotonic() + float(sys.argv[1])
+print("burning", flush=True)
+while time.monotonic() < end:
+    a @ a
+"""
+
+
+@contextlib.contextmanager
+def busy_cpu(n, deadline=600):
+    """n CPU-burning processes beside this one, each in a process group of its own, killed when the
+    block ends however it ends (and ending by themselves at the deadline should this process die).
+    Yields their pids once all of them burn."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BURN, str(deadline)],
+                                          stdout=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        for p in procs:
+            p.stdout.readline()  # "burning" (or nothing, if it died)
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            p.stdout.close()
+
+
+def recompute_seconds(preset, reps):
+    """Median seconds of one LLR recompute (alphas of every matrix, then the map) of a freshly
+    initialised preset, as train.py's controller makes it."""
+    model = LLaMA(PRESETS[preset])
+    opt = torch.optim.AdamW(llr.param_groups(model, 0.1))
+    times = []
+    for _ in range(reps):
+        ctrl = llr.LLR(model, opt, total_steps=1000)
+        t0 = time.perf_counter()
+        ctrl.step(0)  # a new controller recomputes at its first step
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def recompute_under_load(presets, reps):
+    """One LLR recompute on the CPU as it is, then with two processes burning 2 threads each beside
+    it: the spectra run on one thread, so that a busy CPU slows them no more than it must."""
+    rows = {}
+    for preset in presets:
+        recompute_seconds(preset, 1)  # warm up
+        quiet = recompute_seconds(preset, reps)
+        with busy_cpu(2):
+            busy = recompute_seconds(preset, reps)
+        rows[preset] = {"quiet_ms": 1000 * quiet, "busy_ms": 1000 * busy, "ratio": busy / quiet}
+        print(f"one LLR recompute of {preset}: {1000 * quiet:.1f} ms as the CPU is, "
+              f"{1000 * busy:.1f} ms beside two busy processes ({busy / quiet:.2f}x)", flush=True)
+    return rows
+
+
 def cost(args):
     rows = {}
     for preset in args.cost_presets:
@@ -553,6 +671,7 @@ def cost(args):
         print(f"ESD + Hill alpha of {len(shapes)} matrices of {preset}: ours {t_ours:.2f}s, "
               f"official {t_ref:.2f}s, {t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}",
               flush=True)
+    rows["llr_recompute_under_load"] = recompute_under_load(args.recompute_presets, args.reps)
     # one recompute inside a real training run of the CPU preset, and its share of training time
     # (LANTON's too)
     steps = 40 if args.quick else 200
@@ -560,8 +679,9 @@ def cost(args):
         out = os.path.join(RESULTS, "out", f"cost-{method}-{steps}")
         start_over(out)
         small = {"batch_size": 4, "seq_len": 64} if args.quick else {}
-        summary = train.train(train.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0,
-                                                log_interval=10**9, **kw, **small))
+        cfg = train.TrainConfig(out_dir=out, max_steps=steps, eval_interval=0,
+                                log_interval=10**9, **kw, **small)
+        summary = finished(train.train(cfg), cfg)
         lines = open(os.path.join(out, "metrics.jsonl"))
         n = len([line for line in lines if f'"method": "{method}"' in line])
         seconds, fraction = summary[f"{method}_seconds"], summary[f"{method}_fraction"]
@@ -703,7 +823,7 @@ def main(argv=None):
         raise SystemExit(2) from None
     args.batch_size, args.seq_len, args.eval_steps, args.reps = 16, 256, 16, 5
     args.cost_presets, args.speed_presets = ["llama60m", "llama1b"], ["tiny", "small"]
-    args.muon_preset = "tiny"
+    args.muon_preset, args.recompute_presets = "tiny", ["tiny", "small"]
     global RESULTS
     # quick results never mix with real ones
     RESULTS = os.path.join("results", "quick") if args.quick else "results"
@@ -712,6 +832,19 @@ def main(argv=None):
         quick = ("tiny-adamw", "tiny-muon", "tiny-lanton")
         args.studies = [s for s in args.studies if s in quick] or args.studies
         args.cost_presets, args.speed_presets, args.muon_preset = ["llama60m"], ["tiny"], "tiny"
+        args.recompute_presets = ["tiny"]
+    with stop_on_signals():
+        try:
+            return sections(args)
+        except Stopped as e:  # one line, and the shell's death-by-signal status
+            print(f"bench.py: stopped by {signal.Signals(e.signum).name}; finished runs are cached "
+                  "and a cut-off run resumes from its checkpoint: run the same command to go on",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(128 + e.signum) from None
+
+
+def sections(args):
+    """The sections args.what names, each saved to RESULTS as it ends; the report of all of them."""
     os.makedirs(RESULTS, exist_ok=True)
     env = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}

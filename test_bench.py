@@ -4,9 +4,23 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
     python -m pytest -q test_bench.py
 """
 
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+import torch
 
 import bench
+import llr
+from conftest import started, wait_for_line
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.skipif(bench.fcntl is None, reason="no fcntl (Windows): no locks")
@@ -63,7 +77,6 @@ def cells(line):
 def committed():
     """results/quality_*.json by study, and every committed run file by (command, code)."""
     import glob
-    import json
     studies = {}
     for path in sorted(glob.glob("results/quality_*.json")):
         with open(path) as f:
@@ -178,3 +191,158 @@ def test_the_verdict_tables_are_the_quality_files():
             assert abs(per_param - run["tokens"] / run["params"]) < 0.051, (path, name)
             checked += 1
     assert checked >= 16
+
+
+def fake_run(final, at_50, lr=1e-3, overhead=0.0):
+    """A run record as bench.make_run writes it, with what the table reads: settings, val curve, overhead."""
+    return {"final_val": final, "val": [(0, 5.0), (50, at_50), (100, final)], "command": "train.py",
+            "settings": {"optimizer": "adamw", "lr": lr, "muon_lr": 0.02}, "overhead": {"llr": overhead}}
+
+
+def test_quality_table_arithmetic_against_numbers_worked_by_hand():
+    """Difference, standard errors, the 2 s.e. test and the speedup, from synthetic runs whose answers are
+    worked out by hand below (three seeds each, every curve evaluated at steps 0, 50 and 100)."""
+    ref = [fake_run(3.0, 3.6), fake_run(3.2, 3.6), fake_run(3.1, 3.6)]  # mean 3.1, sd 0.1, s.e. 0.1/sqrt(3)
+    better = [fake_run(2.8, 3.5, overhead=0.015), fake_run(2.9, 3.5, overhead=0.015), fake_run(3.0, 3.5, overhead=0.015)]
+    close = [fake_run(3.0, 3.6), fake_run(2.95, 3.6), fake_run(3.05, 3.6)]  # mean 3.0, s.e. 0.05/sqrt(3)
+    worse = [fake_run(3.3, 3.7), fake_run(3.4, 3.7), fake_run(3.2, 3.7)]  # mean 3.3: never reaches 3.1
+    se = 0.1 / 3**0.5
+    row = lambda label, runs: bench.row("s", label, runs, ref, 3.1, se, 100, "info")
+    r = row("LLR", better)
+    # mean 2.9, s.e. 0.1/sqrt(3); difference -0.2 against 2 * sqrt(2) * s.e. = 0.163: beyond it
+    assert (r["mean"], r["se"], r["diff"]) == pytest.approx((2.9, se, -0.2)) and r["significant"]
+    # the seed-mean curve reaches 3.1 between (50, 3.5) and (100, 2.9): at 50 + 50 * 0.4 / 0.6 = 83.3 steps,
+    # so the reference's loss comes in 100 / 83.3 = 1.2 times fewer steps
+    assert r["speedup"] == pytest.approx(1.2) and r["overhead"] == pytest.approx(0.015)
+    assert bench.table_line(r, better, False) == "| s | LLR, 3 seeds | lr=0.001 | 2.9000 ± 0.0577 | -0.2000 (yes) | 1.20x | 1.5% |"
+    # -0.1: beyond one combined s.e. (sqrt(0.05**2 / 3 + 0.1**2 / 3) = 0.065), within two; reaches 3.1 at
+    # 50 + 50 * 0.5 / 0.6 = 91.7 steps
+    r = row("close", close)
+    assert r["diff"] == pytest.approx(-0.1) and not r["significant"] and r["speedup"] == pytest.approx(100 / (50 + 50 * 0.5 / 0.6))
+    assert "| 3.0000 ± 0.0289 | -0.1000 (no) | 1.09x |" in bench.table_line(r, close, False)
+    r = row("worse", worse)  # +0.2, beyond 2 s.e.; never reaches the reference's loss
+    assert r["diff"] == pytest.approx(0.2) and r["significant"] and r["speedup"] is None
+    assert "| +0.2000 (yes) | < 1x | 0.0% |" in bench.table_line(r, worse, False)
+    r = row("uniform (tuned)", ref)
+    assert r["diff"] == 0 and not r["significant"] and r["speedup"] is None
+    assert bench.table_line(r, ref, True) == "| s | uniform (tuned), 3 seeds | lr=0.001 | 3.1000 ± 0.0577 | reference |  | 0.0% |"
+
+
+# ---- signals: the benchmark stops at once, caches nothing cut off, and goes on where it stopped ----
+
+
+def stop(cmd, cwd, after, signum):
+    """Start cmd (in a process group of its own), send signum once it prints a line starting with after;
+    returns (exit status, seconds from the signal to the exit, stdout, stderr)."""
+    with started(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        wait_for_line(p, after, timeout=300)
+        t0 = time.monotonic()
+        p.send_signal(signum)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(cmd[1:])} still ran 120s after the signal")
+        return p.returncode, time.monotonic() - t0, out, err
+
+
+def test_sigterm_during_the_fingerprint_exits_143_and_caches_nothing(tmp_path):
+    """A real SIGTERM to a real benchmark while its fingerprint's first run trains: exit 143 with one line
+    on stderr, no fingerprint (the cut-off run's losses are not taken), no run started, nothing cached."""
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "quality", "--studies=demo"]
+    # LLR's first table: the fingerprint's first run is in its loop, where train() notes signals
+    rc, seconds, out, err = stop(cmd, tmp_path, "layer ", signal.SIGTERM)
+    print(f"exited {seconds:.1f}s after SIGTERM")
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1].startswith("bench.py: stopped by SIGTERM") and "Traceback" not in err
+    assert "code fingerprint" not in out and "\nrun " not in out
+    assert not (tmp_path / "results" / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
+
+
+def test_ctrl_c_during_cost_exits_130_and_saves_no_partial_section(tmp_path):
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "cost", "--quick"]
+    rc, seconds, out, err = stop(cmd, tmp_path, "ESD + Hill alpha of", signal.SIGINT)
+    print(f"exited {seconds:.1f}s after SIGINT")
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1].startswith("bench.py: stopped by SIGINT") and "Traceback" not in err
+    assert not (tmp_path / "results" / "quick" / "cost.json").exists()
+
+
+def quick_run(data_dir):
+    return bench.train.TrainConfig(data=data_dir, max_steps=12, batch_size=4, seq_len=32, eval_interval=4,
+                                   eval_steps=2, log_interval=10**9, sample_tokens=0, llr=True,
+                                   llr_config=llr.LLRConfig(interval=3, ramp=1, window=1.0))
+
+
+def same_record(a, b):  # all but the timings and the machine
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "overhead", "device")}
+    assert drop(a) == drop(b) and a["overhead"].keys() == b["overhead"].keys()
+
+
+def test_a_run_a_signal_stops_is_not_cached_and_resumes_to_the_same_record(tmp_path, data_dir, monkeypatch):
+    """SIGTERM (a real one, to this process) at step 5: Stopped, no run file, the checkpoint kept; the next
+    run_once resumes from it and caches the very record of an uninterrupted run."""
+    cfg, ctx = quick_run(data_dir), {"data": ["d"], "code": "c"}
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "straight"))
+    straight = bench.run_once(cfg, ctx)
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "stopped"))
+    lr_mult = bench.train.lr_mult
+
+    def signal_at_step_5(step, cfg):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lr_mult(step, cfg)
+    monkeypatch.setattr(bench.train, "lr_mult", signal_at_step_5)
+    with pytest.raises(bench.Stopped) as stopped:
+        bench.run_once(cfg, ctx)
+    assert stopped.value.signum == signal.SIGTERM
+    assert not list((tmp_path / "stopped" / "runs").glob("*.json"))
+    out = tmp_path / "stopped" / "out" / straight["key"]
+    assert 5 < torch.load(out / "ckpt.pt")["step"] < 12  # stopped within a step or two, with a checkpoint
+    monkeypatch.setattr(bench.train, "lr_mult", lr_mult)
+    same_record(bench.run_once(cfg, ctx), straight)
+    starts = [json.loads(line)["start_step"] for line in open(out / "metrics.jsonl") if '"start_step"' in line]
+    assert starts[0] == 0 and 5 < starts[1] < 12 and len(starts) == 2  # resumed, not started over
+    assert [f.name for f in (tmp_path / "stopped" / "runs").glob("*.json")] == [straight["key"] + ".json"]
+
+
+def test_a_run_killed_past_its_checkpoint_resumes_to_the_same_record(tmp_path, data_dir, monkeypatch):
+    """A hard kill at step 10 leaves metrics.jsonl two steps (and an LLR recompute) past the checkpoint of
+    step 8; the resumed run logs them again, and its record is that of an uninterrupted run."""
+    cfg, ctx = quick_run(data_dir), {"data": ["d"], "code": "c"}
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "straight"))
+    straight = bench.run_once(cfg, ctx)
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "killed"))
+    out = tmp_path / "killed" / "out" / straight["key"]
+    bench.train.train(dataclasses.replace(cfg, out_dir=str(out), stop_after=8))
+    shutil.copy(out / "ckpt.pt", out / "ckpt8.pt")
+    bench.train.train(dataclasses.replace(cfg, out_dir=str(out), resume=True, stop_after=2))
+    os.replace(out / "ckpt8.pt", out / "ckpt.pt")  # as if killed at step 10: the last checkpoint is step 8's
+    steps = [json.loads(line).get("step") for line in open(out / "metrics.jsonl")]
+    assert steps.count(9) == 2 and 10 in steps  # step 9's loss and LLR's recompute at step 9
+    same_record(bench.run_once(cfg, ctx), straight)
+
+
+# ---- cost: one LLR recompute beside busy processes ----
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.deadline(120)  # a burner left running would hold the block's wait
+def test_busy_cpu_burners_die_with_the_block_however_it_ends():
+    with pytest.raises(bench.Stopped):
+        with bench.busy_cpu(2) as pids:
+            assert len(pids) == 2 and all(alive(pid) for pid in pids)  # burning, each in a group of its own
+            assert all(os.getpgid(pid) == pid for pid in pids)
+            raise bench.Stopped(signal.SIGTERM)  # as a signal raises it there
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_recompute_under_load_times_both():
+    row = bench.recompute_under_load(["tiny"], reps=1)["tiny"]
+    assert row["quiet_ms"] > 0 and row["busy_ms"] > 0 and row["ratio"] == pytest.approx(row["busy_ms"] / row["quiet_ms"])

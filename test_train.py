@@ -614,3 +614,46 @@ def test_bench_quick_runs_every_section(tmp_path, monkeypatch):
     for name in ("quality_tiny-adamw", "cost", "speed"):
         with open(tmp_path / "results" / "quick" / f"{name}.json") as f:
             assert json.load(f)["env"]["cores"] == os.cpu_count()
+
+
+# ---- what the logged numbers mean: checked against independent computations ----
+
+
+def test_validation_loss_is_the_mean_over_exactly_eval_steps_batches(tmp_path, data_dir):
+    """The val loss train() reports is the cross-entropy of its final model averaged over the first eval_steps
+    batches of the val shard, read here straight from the shard: not fewer, not more, not other ones."""
+    B, T_, k = 4, 32, 3
+    s = T.train(small(tmp_path, data_dir, max_steps=2, eval_interval=0, eval_steps=k, sample_tokens=0))
+    tokens = torch.from_numpy(read_shard(list_shards(data_dir, "val")[0]).astype(np.int64))
+    losses = []
+    with torch.no_grad():
+        for i in range(k):  # batch i: tokens [i*B*T, (i+1)*B*T] as B rows, targets one token on
+            window = tokens[i * B * T_ : (i + 1) * B * T_ + 1]
+            logits = s["model"](window[:-1].view(B, T_))[0]
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[1:]).item())
+    assert len(set(losses)) == k  # distinct batches, so a batch left out or repeated shows
+    assert s["val_loss"] == pytest.approx(sum(losses) / k, rel=1e-5)
+
+
+def test_accumulated_gradient_is_the_gradient_of_the_mean_loss(tmp_path, data_dir):
+    """forward_backward over k micro-batches leaves the gradient of the mean loss over their tokens, as one
+    batch of all of them gives it (equal-sized micro-batches: the mean of means is the mean); and train()
+    with --total_batch_tokens logs the loss and gradient norm of the same single big batch."""
+    B, T_, k = 2, 32, 3
+    files = list_shards(data_dir, "train")
+    torch.manual_seed(0)
+    model = LLaMA(dataclasses.replace(PRESETS["tiny"], vocab_size=320, max_seq_len=T_))
+    loss = T.forward_backward(model, T.Loader(files, B, T_), k, 1, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    accumulated = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    x, y = T.Loader(files, k * B, T_).next_batch()  # the same k*B sequences, as one batch
+    reference = torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten())
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for g, p in zip(accumulated, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    first = lambda out: next(json.loads(l) for l in open(out / "metrics.jsonl") if '"grad_norm"' in l)
+    T.train(small(tmp_path / "a", data_dir, max_steps=1, batch_size=B, total_batch_tokens=k * B * T_, eval_interval=0))
+    T.train(small(tmp_path / "b", data_dir, max_steps=1, batch_size=k * B, eval_interval=0))
+    a, b = first(tmp_path / "a" / "out"), first(tmp_path / "b" / "out")
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
