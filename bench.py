@@ -3,8 +3,8 @@ Benchmarks. Every figure is measured by the run that prints it.
 
     python bench.py quality       # LLR against a tuned uniform LR, AdamW and Muon (hours on 2
                                   # cores; resumable)
-    python bench.py cost          # time of the spectral diagnostic: ours against the official route,
-                                  # and one LLR recompute beside busy processes
+    python bench.py cost          # time of the spectral diagnostic: ours against the official
+                                  # route, and one LLR recompute beside busy processes
     python bench.py speed         # training throughput against transformers' LlamaForCausalLM;
                                   # Muon against torch.optim.Muon
     python bench.py all --quick   # all three with tiny settings, in under two minutes
@@ -203,7 +203,7 @@ def finished(summary, cfg):
 # fingerprint either
 FP_SETTINGS = dict(preset="tiny", seed=1337, lr=3e-3, min_lr_ratio=0.1, warmup_steps=-1, beta1=0.9,
                    beta2=0.95, weight_decay=0.1, grad_clip=1.0, muon_lr=0.02,
-                   muon_adjust_lr="original")
+                   muon_adjust_lr="original", device="cpu")
 
 
 def code_fingerprint():
@@ -231,9 +231,10 @@ def code_fingerprint():
 
 
 def command(cfg):
-    """The train.py command that makes a run from scratch (out_dir and console cadence left to the
-    user)."""
-    fresh = dataclasses.replace(cfg, out_dir="", log_interval=train.TrainConfig.log_interval)
+    """The train.py command that makes a run from scratch on a CPU machine (out_dir, console cadence
+    and device left to the user; the benchmark itself always trains on the CPU)."""
+    fresh = dataclasses.replace(cfg, out_dir="", log_interval=train.TrainConfig.log_interval,
+                                device=train.TrainConfig.device)
     return train.command_line(fresh)
 
 
@@ -369,7 +370,7 @@ def studies(args):
         return train.TrainConfig(preset=size, data=data, max_steps=steps,
                                  batch_size=args.batch_size, seq_len=args.seq_len,
                                  eval_interval=max(1, steps // 20), eval_steps=args.eval_steps,
-                                 log_interval=10**9, compile=bool(args.compile), **kw)
+                                 log_interval=10**9, compile=bool(args.compile), device="cpu", **kw)
 
     with_llr = lambda tuned, **kw: dict(llr=True, **kw)
     # the same allocation with no extra total LR
@@ -381,7 +382,8 @@ def studies(args):
     half_muon = lambda tuned: with_llr(tuned, muon_lr=tuned / 2)
     fixed_cadence = lambda tuned: with_llr(tuned, llr_config=FIXED_CADENCE)
     hard = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(ramp=0))
-    yield dict(name="demo", base=lambda found: train.TrainConfig(log_interval=10**9), knob="lr",
+    yield dict(name="demo", base=lambda found: train.TrainConfig(log_interval=10**9, device="cpu"),
+               knob="lr",
                grid=GRIDS["lr"],
                variants={"LLR": with_llr,
                          "uniform at lr=1e-3 (under-tuned)": lambda tuned: dict(lr=1e-3),
