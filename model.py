@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -139,13 +140,30 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def head_loss_sum(h, weight, targets):
+    # one chunk of tokens: its logits (chunk, vocab) in float32, as the plain path's, summed over the chunk
+    return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(h, weight, targets, chunk):
+    """The mean cross-entropy of the logits h @ weight.T (h: (N, dim), targets: (N,)), chunk tokens at a time.
+    Each chunk's logits are recomputed in backward (torch.utils.checkpoint), so the float32 logits of at most
+    one chunk are ever in memory, not the whole micro-batch's (10-12 bytes x vocab a token)."""
+    sums = [checkpoint(head_loss_sum, h_c, weight, t_c, use_reentrant=False)
+            for h_c, t_c in zip(h.split(chunk), targets.split(chunk))]
+    return torch.stack(sums).sum() / targets.numel()
+
+
 # ---- the model ----
 
 
 class LLaMA(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, loss_chunk=0, checkpoint_blocks=False):
         super().__init__()
         self.cfg = cfg
+        # memory, not math: loss_chunk > 0 computes head and loss that many tokens at a time (forward then
+        # returns no logits); checkpoint_blocks keeps only each block's input and recomputes the rest in backward
+        self.loss_chunk, self.checkpoint_blocks = loss_chunk, checkpoint_blocks
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -165,8 +183,15 @@ class LLaMA(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(idx)  # (B, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+            if self.checkpoint_blocks:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
+        x = self.norm(x)
+        if targets is not None and self.loss_chunk:
+            return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                               self.loss_chunk)
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

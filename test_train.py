@@ -161,6 +161,44 @@ def test_sampling_uses_its_generator_and_top_k():
         assert (top3 == out[:, t:t + 1]).any(-1).all(), t
 
 
+def assert_near(a, b, rel, what):
+    assert (a - b).norm() <= rel * b.norm(), f"{what}: off by {(a - b).norm() / b.norm():.2%} of its norm"
+
+
+def loss_and_grads(cfg, idx, targets, amp=None, **memory):
+    """The loss of one forward and every parameter's gradient, from the same init whatever the memory flags."""
+    torch.manual_seed(0)
+    model = LLaMA(cfg, **memory)
+    with amp or torch.autocast("cpu", enabled=False):
+        loss = model(idx, targets)[1]
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_loss_and_checkpointed_blocks_give_the_plain_loss_and_gradients(tie):
+    """--loss_chunk (7 tokens a chunk, which does not divide the 48 of the batch) and --checkpoint_blocks,
+    alone and together, give the plain path's loss and gradients, with a tied head and an untied one; and
+    under bfloat16 autocast the same to bfloat16's precision (each chunk's head gradient is rounded on its
+    own: 1% of the gradient's norm)."""
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=64, max_seq_len=16, tie_embeddings=tie)
+    torch.manual_seed(1)
+    idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    close = lambda a, b, what: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8, msg=lambda m: f"{what}: {m}")
+    near = lambda a, b, what: assert_near(a, b, 1e-2, what)
+    for amp, check in [(None, close), (torch.autocast("cpu", dtype=torch.bfloat16), near)]:
+        ref_loss, ref = loss_and_grads(cfg, idx, targets, amp)
+        for memory in [dict(loss_chunk=7), dict(checkpoint_blocks=True), dict(loss_chunk=7, checkpoint_blocks=True)]:
+            loss, grads = loss_and_grads(cfg, idx, targets, amp, **memory)
+            check(loss, ref_loss, f"loss {memory}")
+            assert grads.keys() == ref.keys()
+            for name in ref:
+                check(grads[name], ref[name], f"{name} {memory}")
+    with torch.no_grad():  # evaluation: the same loss, and no logits
+        logits, loss = LLaMA(cfg, loss_chunk=7)(idx, targets)
+    assert logits is None and torch.isfinite(loss)
+
+
 # ---- data ----
 
 
