@@ -162,7 +162,7 @@ class LLaMA(nn.Module):
         super().__init__()
         self.cfg = cfg
         # memory, not math: loss_chunk > 0 computes head and loss that many tokens at a time (forward then
-        # returns no logits); checkpoint_blocks keeps only each block's input and recomputes the rest in backward
+        # returns no logits); checkpoint_blocks keeps each block's input, recomputes the rest in backward
         self.loss_chunk, self.checkpoint_blocks = loss_chunk, checkpoint_blocks
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -263,7 +263,7 @@ def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chun
     with torch.device("meta"):
         model = LLaMA(cfg)
     n, head = model.num_params(), model.lm_head.weight.numel()
-    hidden = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)  # the blocks' matrices (Muon's)
+    hidden = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)  # blocks' matrices (Muon's)
     tokens, d = batch_size * seq_len, cfg.dim
     saved_block = 4 * d if checkpoint_blocks else block_bytes(cfg, bf16)  # checkpointed: its float32 input
     final = 8 * d + 4 + (2 if bf16 else 4) * d + 8  # the last norm, the head's input, the token ids

@@ -473,7 +473,8 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
                          (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer: invalid choice: 'sgd'"),
                          (["--llr_ramp=-2"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
                          (["--total_batch_tokens=1000", f"--data={data_dir}"], "--total_batch_tokens"),
-                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume")]:
+                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume"),
+                         (["--loss_chunk=-1"], "--loss_chunk must be >= 0")]:
         r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -483,6 +484,29 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
     (bad / "x_val_000000.bin").write_bytes(b"garbage!" * 1000)
     r = run_cli(f"--data={bad}", f"--out_dir={tmp_path}/o")
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_memory_flags_reach_the_model_and_train_as_the_plain_run(tmp_path, data_dir):
+    """--loss_chunk and --checkpoint_blocks are the model's, and 5 steps with them give the plain run's losses."""
+    plain = T.train(small(tmp_path / "a", data_dir, max_steps=5, eval_interval=5))
+    memory = T.train(small(tmp_path / "b", data_dir, max_steps=5, eval_interval=5, loss_chunk=50,
+                           checkpoint_blocks=True))
+    assert memory["model"].loss_chunk == 50 and memory["model"].checkpoint_blocks
+    for key in ("train_loss", "val_loss"):
+        assert memory[key] == pytest.approx(plain[key], rel=1e-4), key
+
+
+def test_dry_run_prints_the_estimate_and_touches_nothing(tmp_path):
+    """--dry_run prints estimate_memory's parts and total for the run's model (a GPU's with --device=cuda, on
+    any machine), exits 0, and builds no data and no run directory."""
+    r = run_cli("--preset=llama1b", "--seq_len=1024", "--batch_size=8", "--loss_chunk=1024", "--device=cuda",
+                "--dry_run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = dataclasses.replace(PRESETS["llama1b"], max_seq_len=1024)
+    est = estimate_memory(cfg, 8, 1024, bf16=True, loss_chunk=1024)
+    printed = {line[:22].strip(): line[22:].strip() for line in r.stdout.splitlines() if line.endswith(" GB")}
+    assert "bfloat16 autocast" in r.stdout and printed == {k: f"{n / 1e9:.2f} GB" for k, n in est.items()}, r.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bare_flag_and_nested_llr_options():
