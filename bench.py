@@ -116,7 +116,7 @@ GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04],
 # settings that do not change a run's record
 NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile"}
 # controls that enter a run's key only when set, so that adding one keys no run anew
-KEYED_IF_SET = {"embed_head_lr": 1.0}
+KEYED_IF_SET = {"embed_head_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False}
 # the official absolute cadence, whatever the run length
 FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)
 RETRY = 30  # seconds between looks at runs another benchmark process holds

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -139,13 +140,30 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def head_loss_sum(h, weight, targets):
+    # one chunk of tokens: its logits (chunk, vocab) in float32, as the plain path's, summed over the chunk
+    return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(h, weight, targets, chunk):
+    """The mean cross-entropy of the logits h @ weight.T (h: (N, dim), targets: (N,)), chunk tokens at a time.
+    Each chunk's logits are recomputed in backward (torch.utils.checkpoint), so the float32 logits of at most
+    one chunk are ever in memory, not the whole micro-batch's (10-12 bytes x vocab a token)."""
+    sums = [checkpoint(head_loss_sum, h_c, weight, t_c, use_reentrant=False)
+            for h_c, t_c in zip(h.split(chunk), targets.split(chunk))]
+    return torch.stack(sums).sum() / targets.numel()
+
+
 # ---- the model ----
 
 
 class LLaMA(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, loss_chunk=0, checkpoint_blocks=False):
         super().__init__()
         self.cfg = cfg
+        # memory, not math: loss_chunk > 0 computes head and loss that many tokens at a time (forward then
+        # returns no logits); checkpoint_blocks keeps each block's input, recomputes the rest in backward
+        self.loss_chunk, self.checkpoint_blocks = loss_chunk, checkpoint_blocks
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -165,8 +183,15 @@ class LLaMA(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(idx)  # (B, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+            if self.checkpoint_blocks:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
+        x = self.norm(x)
+        if targets is not None and self.loss_chunk:
+            return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                               self.loss_chunk)
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
@@ -213,3 +238,51 @@ class LLaMA(nn.Module):
     def estimate_mfu(self, tokens_per_sec, seq_len, peak_flops):
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
         return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops
+
+
+# ---- memory: an estimate from the config ----
+
+
+def block_bytes(cfg, bf16):
+    """Bytes one block saves for backward per token (measured on CPU with saved_tensors_hooks: test_train.py).
+    Under bf16 autocast the matmuls save bf16 copies of their inputs, one per projection; the norms and the
+    residual stay float32. On CUDA a fused RMSNorm may save less: this errs high."""
+    d, f, kv = cfg.dim, cfg.ffn_dim, cfg.n_kv_heads * (cfg.dim // cfg.n_heads)
+    a = 2 if bf16 else 4  # bytes of a matmul's input or output
+    norms = 2 * (8 * d + 4)  # each RMSNorm: its float32 input and normalised input, and 1/rms
+    inputs = a * d * ((3 if bf16 else 1) + 1 + (2 if bf16 else 1))  # of q/k/v, o_proj, gate/up
+    attention = a * (2 * d + 2 * kv) + 4 * cfg.n_heads  # q, k, v, the output, a float32 logsumexp per head
+    mlp = 4 * a * f  # gate, silu(gate), up and their product
+    return norms + inputs + attention + mlp
+
+
+def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chunk=0, checkpoint_blocks=False):
+    """Estimated peak bytes of one training process, by part, from the config alone (the model is built on the
+    meta device: nothing of its size is allocated). The peak comes at the start of a micro-batch's backward,
+    once gradients and optimizer state exist: everything the forward saved, plus the loss's transients."""
+    with torch.device("meta"):
+        model = LLaMA(cfg)
+    n, head = model.num_params(), model.lm_head.weight.numel()
+    hidden = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)  # blocks' matrices (Muon's)
+    tokens, d = batch_size * seq_len, cfg.dim
+    saved_block = 4 * d if checkpoint_blocks else block_bytes(cfg, bf16)  # checkpointed: its float32 input
+    final = 8 * d + 4 + (2 if bf16 else 4) * d + 8  # the last norm, the head's input, the token ids
+    # the loss at the start of backward: log-softmax's saved float32 output, its gradient and the logits'
+    # gradient, 12 bytes x vocab a token, for the whole micro-batch or one chunk; a chunk adds its own
+    # gradient of the head (float32; under autocast its bf16 copy of the head and the gradient in bf16)
+    logits = 12 * cfg.vocab_size * min(loss_chunk or tokens, tokens) + (4 * head if loss_chunk else 0)
+    # autocast's bf16 copies of the matrices, saved for backward where nothing recomputes them
+    copies = 2 * ((0 if checkpoint_blocks else hidden) + (0 if loss_chunk else head)) if bf16 else 0
+    parts = {
+        "weights": 4 * n,
+        "bf16 weight copies": copies,
+        "grads": 4 * n,
+        "optimizer": 4 * hidden + 8 * (n - hidden) if optimizer == "muon" else 8 * n,  # momentum; Adam's 2
+        "activations": tokens * (cfg.n_layers * saved_block + final),
+        "logits and loss": logits,
+        "recomputed block": tokens * block_bytes(cfg, bf16) if checkpoint_blocks else 0,
+    }
+    # the loss's transients are gone before the first block is recomputed
+    transient = max(parts["logits and loss"], parts["recomputed block"])
+    parts["total"] = sum(parts.values()) - parts["logits and loss"] - parts["recomputed block"] + transient
+    return parts

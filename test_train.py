@@ -13,16 +13,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import lanton
 import llr
 import train as T
 from conftest import run, started, wait_for_line
-from model import LLaMA, ModelConfig, PRESETS
+from model import LLaMA, ModelConfig, PRESETS, estimate_memory
 from prepare_fineweb import list_shards, read_meta, read_shard, write_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -159,6 +162,111 @@ def test_sampling_uses_its_generator_and_top_k():
     for t in range(1, 7):
         top3 = model(out[:, :t])[0][:, -1].topk(3).indices
         assert (top3 == out[:, t:t + 1]).any(-1).all(), t
+
+
+def assert_near(a, b, rel, what):
+    assert (a - b).norm() <= rel * b.norm(), f"{what}: off by {(a - b).norm() / b.norm():.2%} of its norm"
+
+
+def loss_and_grads(cfg, idx, targets, amp=None, **memory):
+    """The loss of one forward and every parameter's gradient, from the same init whatever the memory flags."""
+    torch.manual_seed(0)
+    model = LLaMA(cfg, **memory)
+    with amp or torch.autocast("cpu", enabled=False):
+        loss = model(idx, targets)[1]
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_loss_and_checkpointed_blocks_give_the_plain_loss_and_gradients(tie):
+    """--loss_chunk (7 tokens a chunk, which does not divide the 48 of the batch) and --checkpoint_blocks,
+    alone and together, give the plain path's loss and gradients, with a tied head and an untied one; and
+    under bfloat16 autocast the same to bfloat16's precision (each chunk's head gradient is rounded on its
+    own: 1% of the gradient's norm)."""
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=64, max_seq_len=16, tie_embeddings=tie)
+    torch.manual_seed(1)
+    idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    close = lambda a, b, what: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8, msg=lambda m: f"{what}: {m}")
+    near = lambda a, b, what: assert_near(a, b, 1e-2, what)
+    for amp, check in [(None, close), (torch.autocast("cpu", dtype=torch.bfloat16), near)]:
+        ref_loss, ref = loss_and_grads(cfg, idx, targets, amp)
+        for memory in [dict(loss_chunk=7), dict(checkpoint_blocks=True), dict(loss_chunk=7, checkpoint_blocks=True)]:
+            loss, grads = loss_and_grads(cfg, idx, targets, amp, **memory)
+            check(loss, ref_loss, f"loss {memory}")
+            assert grads.keys() == ref.keys()
+            for name in ref:
+                check(grads[name], ref[name], f"{name} {memory}")
+    with torch.no_grad():  # evaluation: the same loss, and no logits
+        logits, loss = LLaMA(cfg, loss_chunk=7)(idx, targets)
+    assert logits is None and torch.isfinite(loss)
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the tensors torch ops allocate while this mode is on, and their peak: a new storage counts from
+    the op that makes it until it is freed (views and in-place ops make none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            storage = t.untyped_storage() if isinstance(t, torch.Tensor) else None
+            key = storage and storage.data_ptr()
+            if key and key not in self.live and key not in inputs:
+                self.live[key] = storage.nbytes()
+                self.now += storage.nbytes()
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(storage, self.free, key)
+        return out
+
+    def free(self, key):
+        self.now -= self.live.pop(key)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("memory", [{}, dict(loss_chunk=100), dict(checkpoint_blocks=True),
+                                    dict(loss_chunk=100, checkpoint_blocks=True)])
+def test_memory_estimate_matches_the_peak_measured_on_cpu(bf16, memory):
+    """What estimate_memory adds to the weights, grads and optimizer state (activations, autocast's bf16 copies,
+    the loss's or a recomputed block's transients) is within 15% of the peak of the bytes torch allocates in a
+    forward and backward (a micro-batch after the first, so the gradients exist), in float32 and under bf16
+    autocast, with and without --loss_chunk and --checkpoint_blocks (tiny with a 4,096-token vocabulary, so the
+    logits weigh as much as the blocks). Measured on CPU: the CUDA numbers are the same formula's."""
+    cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=4096, max_seq_len=64)
+    torch.manual_seed(0)
+    model, idx = LLaMA(cfg, **memory), torch.randint(0, 4096, (8, 64))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with amp:
+        model(idx, idx)[1].backward()
+    with LiveBytes() as measured:
+        with amp:
+            loss = model(idx, idx)[1]
+        loss.backward()
+    est = estimate_memory(cfg, 8, 64, bf16, **memory)
+    static = est["weights"] + est["grads"] + est["optimizer"]
+    assert abs((est["total"] - static) / measured.peak - 1) < 0.15, (est, measured.peak)
+
+
+@pytest.mark.parametrize("optimizer, tie", [("adamw", False), ("muon", True)])
+def test_memory_estimate_counts_weights_grads_and_optimizer_state(optimizer, tie):
+    """Weights, grads and optimizer state in estimate_memory are the bytes of a real model's after a step:
+    AdamW's two states per parameter; Muon's one momentum per hidden matrix and AdamW's for the rest; a tied
+    embedding once."""
+    cfg = dataclasses.replace(PRESETS["tiny"], tie_embeddings=tie)
+    model, idx = LLaMA(cfg), torch.randint(0, cfg.vocab_size, (2, 16))
+    opts = T.build_optimizers(model, T.TrainConfig(optimizer=optimizer), fused=False)
+    model(idx, idx)[1].backward()
+    for opt in opts:
+        opt.step()
+    state = sum(t.nbytes for opt in opts for s in opt.state.values() for t in s.values() if t.dim() > 0)
+    est = estimate_memory(cfg, 2, 16, bf16=False, optimizer=optimizer)
+    assert est["weights"] == sum(p.nbytes for p in model.parameters())
+    assert est["grads"] == sum(p.grad.nbytes for p in model.parameters())
+    assert est["optimizer"] == state
 
 
 # ---- data ----
@@ -365,7 +473,8 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
                          (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer: invalid choice: 'sgd'"),
                          (["--llr_ramp=-2"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
                          (["--total_batch_tokens=1000", f"--data={data_dir}"], "--total_batch_tokens"),
-                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume")]:
+                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume"),
+                         (["--loss_chunk=-1"], "--loss_chunk must be >= 0")]:
         r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -375,6 +484,29 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
     (bad / "x_val_000000.bin").write_bytes(b"garbage!" * 1000)
     r = run_cli(f"--data={bad}", f"--out_dir={tmp_path}/o")
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_memory_flags_reach_the_model_and_train_as_the_plain_run(tmp_path, data_dir):
+    """--loss_chunk and --checkpoint_blocks are the model's, and 5 steps with them give the plain run's losses."""
+    plain = T.train(small(tmp_path / "a", data_dir, max_steps=5, eval_interval=5))
+    memory = T.train(small(tmp_path / "b", data_dir, max_steps=5, eval_interval=5, loss_chunk=50,
+                           checkpoint_blocks=True))
+    assert memory["model"].loss_chunk == 50 and memory["model"].checkpoint_blocks
+    for key in ("train_loss", "val_loss"):
+        assert memory[key] == pytest.approx(plain[key], rel=1e-4), key
+
+
+def test_dry_run_prints_the_estimate_and_touches_nothing(tmp_path):
+    """--dry_run prints estimate_memory's parts and total for the run's model (a GPU's with --device=cuda, on
+    any machine), exits 0, and builds no data and no run directory."""
+    r = run_cli("--preset=llama1b", "--seq_len=1024", "--batch_size=8", "--loss_chunk=1024", "--device=cuda",
+                "--dry_run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = dataclasses.replace(PRESETS["llama1b"], max_seq_len=1024)
+    est = estimate_memory(cfg, 8, 1024, bf16=True, loss_chunk=1024)
+    printed = {line[:22].strip(): line[22:].strip() for line in r.stdout.splitlines() if line.endswith(" GB")}
+    assert "bfloat16 autocast" in r.stdout and printed == {k: f"{n / 1e9:.2f} GB" for k, n in est.items()}, r.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bare_flag_and_nested_llr_options():

@@ -25,7 +25,7 @@ from common import (Metrics, compute_cleanup, compute_init, load_checkpoint, pea
                     save_checkpoint, stop_signals, wrap_ddp)
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
-from model import LLaMA, PRESETS, pad_vocab
+from model import LLaMA, PRESETS, estimate_memory, pad_vocab
 from prepare_fineweb import build_corpus, decode, get_tokenizer, list_shards, read_meta, read_shard
 
 # ---- config ----
@@ -64,6 +64,9 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
     dtype: str = opt("auto", "auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16",
                      choices=("auto", "float32", "bfloat16"))
     compile: bool = opt(False, "torch.compile the model")
+    loss_chunk: int = opt(0, "LM head and loss this many tokens at a time (never a batch of logits); 0 = off")
+    checkpoint_blocks: bool = opt(False, "keep only each block's input and recompute the block in backward")
+    dry_run: bool = opt(False, "print this run's estimated peak memory, and exit (a GPU's: --device=cuda)")
     eval_interval: int = opt(100, "evaluate and checkpoint every this many steps (and at the end)")
     eval_steps: int = opt(10, "validation batches per evaluation")
     log_interval: int = opt(10, "console line every this many steps")
@@ -75,7 +78,7 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
 
 # settings a resumed run may change; every other setting must match its checkpoint's
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device",
-            "out_dir", "sample_tokens", "wandb")
+            "out_dir", "sample_tokens", "wandb", "dry_run")
 
 
 def check_config(cfg):
@@ -86,7 +89,7 @@ def check_config(cfg):
         if not getattr(cfg, key) > 0:  # NaN too
             raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
     for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after",
-                "sample_tokens"):
+                "sample_tokens", "loss_chunk"):
         if getattr(cfg, key) < 0:
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
@@ -314,7 +317,7 @@ def train(cfg):
     # `model` is the bare module (checkpointed, analysed); `wrapped` the one the steps run through
     model_cfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=pad_vocab(meta["vocab_size"]),
                                     max_seq_len=cfg.seq_len)
-    model = LLaMA(model_cfg).to(device)
+    model = LLaMA(model_cfg, cfg.loss_chunk, cfg.checkpoint_blocks).to(device)
     opts = build_optimizers(model, cfg, fused=device.type == "cuda")
     methods = layerwise_methods(model, opts, cfg)
     state = {"model": model, "optimizers": opts, **methods, "loader": loader}
@@ -411,6 +414,21 @@ def train(cfg):
 
 # ---- command line ----
 
+def memory_report(cfg):
+    """--dry_run: model.estimate_memory of this run by part, per process (each rank's is the same)."""
+    check_config(dataclasses.replace(cfg, device="cpu"))  # planning a GPU run needs no GPU
+    vocab = pad_vocab(read_meta(cfg.data)["vocab_size"]) if cfg.data else PRESETS[cfg.preset].vocab_size
+    model_cfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=vocab, max_seq_len=cfg.seq_len)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cuda)
+    parts = estimate_memory(model_cfg, cfg.batch_size, cfg.seq_len, bf16, cfg.optimizer, cfg.loss_chunk,
+                            cfg.checkpoint_blocks)
+    head = (f"{cfg.preset} (vocabulary {vocab}), {cfg.batch_size} x {cfg.seq_len} tokens a micro-batch, "
+            f"{'bfloat16 autocast' if bf16 else 'float32'}, {cfg.optimizer}: estimated peak memory a process")
+    rows = [f"  {part:<20}{n / 1e9:8.2f} GB" for part, n in parts.items()]
+    return "\n".join([head, *rows, "(an estimate from the config; a GPU adds CUDA context, fragmentation)"])
+
+
 def parse_args(argv):
     return cli.parse(TrainConfig, argv, prog="train.py", description=__doc__)
 
@@ -421,7 +439,11 @@ def command_line(cfg):  # the inverse of parse_args, as bench.py records it with
 
 def main(argv=None):
     try:
-        summary = train(parse_args(sys.argv[1:] if argv is None else argv))
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        if cfg.dry_run:
+            print(memory_report(cfg))
+            return 0
+        summary = train(cfg)
     except (UsageError, FloatingPointError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
