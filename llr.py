@@ -85,19 +85,29 @@ def nuclear_norm(x):
     return _gram_eigs(x, torch.float64).sqrt().sum(-1)
 
 
+def _world():  # (rank, world size) under torch.distributed, else (0, 1)
+    ddp = dist.is_available() and dist.is_initialized()
+    return (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+
+
+def share_of(rank, world, shapes):
+    """The jobs ({index: shape}) that `rank` of `world` does: round-robin in shape order, so each rank gets
+    about 1/world of every shape's work, in runs of one shape that batch well. The same on every rank."""
+    return sorted(shapes, key=lambda j: (tuple(shapes[j]), j))[rank::world]
+
+
 @torch.no_grad()
 def batched_over_ranks(jobs):
     """[fn(*tensors) for each job (fn, *tensors)] as floats, NaN for a None job. The jobs of one fn and shape go
     through fn together, as stacks (B, *shape). Under torch.distributed a collective, called on every rank with
     the same jobs: each rank does every world-th job (round-robin in shape order, so the work is balanced) and
     leaves zeros elsewhere; one all_reduce(SUM) hands everyone the same bits."""
-    ddp = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    rank, world = _world()
     todo = [j for j, job in enumerate(jobs) if job]
     if not todo:
         return [math.nan] * len(jobs)
     batches = defaultdict(list)  # (fn, shape) -> indices of this rank's jobs
-    for j in sorted(todo, key=lambda j: (tuple(jobs[j][1].shape), j))[rank::world]:
+    for j in share_of(rank, world, {j: jobs[j][1].shape for j in todo}):
         batches[jobs[j][0], tuple(jobs[j][1].shape)].append(j)
     device = jobs[todo[0]][1].device
     values = torch.tensor([0.0 if job else math.nan for job in jobs], dtype=torch.float64, device=device)
@@ -358,6 +368,10 @@ def layer_table(alphas, multipliers, label="alpha"):
 # ---- Muon ----
 
 
+def ns_dtype(u):  # Newton-Schulz runs in bfloat16 on CUDA (tensor cores), float32 elsewhere
+    return torch.bfloat16 if u.is_cuda else torch.float32
+
+
 def orthogonalize(u, steps=5, dtype=None):
     """Newton-Schulz approximation of the orthogonal factor U V^T of u = U S V^T (Keller Jordan's Muon).
     After X = u / (||u||_F + 1e-7) every singular value is in (0, 1]; each step applies the odd quintic
@@ -367,7 +381,7 @@ def orthogonalize(u, steps=5, dtype=None):
     trains as well as exact U V^T at a fraction of the cost of an SVD. u: one matrix or a stack (..., rows,
     cols), each orthogonalised on its own. In bfloat16 on CUDA (tensor cores), float32 elsewhere."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    dtype = dtype or (torch.bfloat16 if u.is_cuda else torch.float32)
+    dtype = dtype or ns_dtype(u)
     X = u.to(dtype)
     tall = u.size(-2) > u.size(-1)
     if tall:
@@ -390,7 +404,9 @@ class Muon(torch.optim.Optimizer):
         buf = lerp(buf, g, 1 - momentum); u = lerp(g, buf, momentum) if nesterov else buf
         p *= 1 - lr * weight_decay; p -= adjusted_lr * orthogonalize(u)
     adjust_lr 'original': lr * sqrt(max(1, rows / cols)) (Keller Jordan); 'match_rms_adamw':
-    lr * 0.2 * sqrt(max(rows, cols)) (Moonlight), which lets Muon reuse AdamW's lr and weight decay."""
+    lr * 0.2 * sqrt(max(rows, cols)) (Moonlight), which lets Muon reuse AdamW's lr and weight decay.
+    Under torch.distributed step() is a collective: each rank orthogonalises its share of the matrices and
+    every rank applies the same bits, those a single process would compute."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
                  adjust_lr="original"):
@@ -416,21 +432,41 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(g)
-                buf = self.state[p]["momentum_buffer"]
-                buf.lerp_(g, 1 - mu)  # buf = mu * buf + (1 - mu) * g
-                u = g.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
-                update = orthogonalize(u, group["ns_steps"])
-                rows, cols = p.shape
-                scale = (math.sqrt(max(1, rows / cols)) if group["adjust_lr"] == "original"
-                         else 0.2 * math.sqrt(max(rows, cols)))
-                p.mul_(1 - lr * wd)  # decoupled weight decay with the unadjusted lr, as torch.optim.Muon
-                p.add_(update.to(p.dtype), alpha=-lr * scale)
+        todo = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for group, p in todo:  # on every rank: cheap, and then every rank's state_dict is the whole one
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            self.state[p]["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])  # mu * buf + (1 - mu) * g
+        for (group, p), update in zip(todo, self._orthogonalized(todo)):
+            lr, wd = group["lr"], group["weight_decay"]
+            rows, cols = p.shape
+            scale = (math.sqrt(max(1, rows / cols)) if group["adjust_lr"] == "original"
+                     else 0.2 * math.sqrt(max(rows, cols)))
+            p.mul_(1 - lr * wd)  # decoupled weight decay with the unadjusted lr, as torch.optim.Muon
+            p.add_(update.to(p.dtype), alpha=-lr * scale)
         return loss
+
+    def _orthogonalize(self, group, p):
+        buf, mu = self.state[p]["momentum_buffer"], group["momentum"]
+        u = p.grad.lerp(buf, mu) if group["nesterov"] else buf  # out of place: p.grad stays as it was
+        return orthogonalize(u, group["ns_steps"])
+
+    def _orthogonalized(self, todo):
+        """Each matrix's update, in todo's order. One process: one at a time. Under torch.distributed (the same
+        todo on every rank, as DDP gives) each rank orthogonalises its share (share_of, as batched_over_ranks)
+        one matrix at a time, as a single process would, and one all_gather hands every rank everyone's bits."""
+        rank, world = _world()
+        if world == 1 or not todo:
+            return (self._orthogonalize(*job) for job in todo)  # lazily: one update in memory at a time
+        shapes = {j: p.shape for j, (_, p) in enumerate(todo)}
+        shares = [share_of(r, world, shapes) for r in range(world)]
+        numels = [[shapes[j].numel() for j in share] for share in shares]
+        pieces = lambda flat, r: zip(shares[r], flat[:sum(numels[r])].split(numels[r]))  # rank r's (j, slice)
+        mine = torch.empty(max(map(sum, numels)), dtype=ns_dtype(todo[0][1]), device=todo[0][1].device)
+        for j, out in pieces(mine, rank):
+            out.view(shapes[j]).copy_(self._orthogonalize(*todo[j]))
+        everyone = mine.new_empty(world * len(mine))  # rank r's updates, end to end, in row r of the view
+        dist.all_gather_into_tensor(everyone, mine)  # the step's one collective, on every rank
+        everyone = everyone.view(world, len(mine))
+        updates = dict(piece for r in range(world) for piece in pieces(everyone[r], r))
+        return [updates[j].view(shapes[j]) for j in range(len(todo))]

@@ -615,6 +615,47 @@ def test_muon_state_dict_round_trip(tmp_path):
     assert torch.equal(p1, p2)
 
 
+# square, wide and tall matrices, more of them than ranks and fewer; each its own lr, decay, rule, Nesterov
+MUON_CASES = {"five": [(16, 16), (24, 8), (8, 24), (16, 16), (24, 8)], "one": [(12, 20)]}
+
+
+def muon_run(shapes, steps=3):
+    """Muon on matrices of these shapes for `steps` steps of fixed gradients: (matrices, momentum buffers)."""
+    ps = [nn.Parameter(randn(*s, seed=i)) for i, s in enumerate(shapes)]
+    opt = Muon([{"params": [p], "lr": 0.01 * (i + 1), "weight_decay": 0.1 * (i % 2), "nesterov": i != 1,
+                 "adjust_lr": ("original", "match_rms_adamw")[i % 2]} for i, p in enumerate(ps)])
+    for s in range(steps):
+        for i, p in enumerate(ps):
+            p.grad = randn(*p.shape, seed=100 * s + i)
+        opt.step()
+    return [p.detach() for p in ps], [opt.state[p]["momentum_buffer"] for p in ps]
+
+
+def _muon_ddp_worker(rank, world, out_dir):
+    done, real = [], llr.orthogonalize
+    llr.orthogonalize = lambda u, *a: (done.append(tuple(u.shape)), real(u, *a))[1]
+    runs = {name: muon_run(shapes) for name, shapes in MUON_CASES.items()}
+    with open(os.path.join(out_dir, f"muon{rank}.pkl"), "wb") as f:
+        pickle.dump({"runs": runs, "done": done}, f)
+
+
+def test_ddp_muon_shares_the_work_and_matches_one_process(tmp_path):
+    """Under DDP each matrix is orthogonalised by one rank, and every rank ends with bitwise the weights and
+    momentum of one process: the owner runs the same float32 ops on the same inputs (one matrix at a time,
+    as one process does) and the all_gather copies bits."""
+    run_ddp(_muon_ddp_worker, str(tmp_path))
+    ranks = [pickle.load(open(tmp_path / f"muon{r}.pkl", "rb")) for r in range(2)]
+    for name, shapes in MUON_CASES.items():
+        single = muon_run(shapes)
+        for r in ranks:
+            for a, b in zip(single[0] + single[1], r["runs"][name][0] + r["runs"][name][1]):
+                assert torch.equal(a, b), name
+    # 3 steps; in shape order (8, 24), (16, 16) x 2, (24, 8) x 2: rank 0 does 3 of the five and the one
+    done = [sorted(r["done"]) for r in ranks]
+    assert done[0] == sorted(3 * [(8, 24), (16, 16), (24, 8), (12, 20)])
+    assert done[1] == sorted(3 * [(16, 16), (24, 8)])
+
+
 def test_controllers_survive_optimizer_load_state_dict():
     # torch's load_state_dict replaces the group dicts: lr_scale must land in the new ones
     torch.manual_seed(0)
