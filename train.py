@@ -76,9 +76,10 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
     stop_after: int = opt(0, "end this invocation after this many steps, with a checkpoint; 0 = off")
 
 
-# settings a resumed run may change; every other setting must match its checkpoint's
+# settings a resumed run may change (a run out of memory resumes with --checkpoint_blocks); every other
+# setting must match its checkpoint's
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device",
-            "out_dir", "sample_tokens", "wandb", "dry_run")
+            "out_dir", "sample_tokens", "wandb", "dry_run", "loss_chunk", "checkpoint_blocks")
 
 
 def check_config(cfg):
