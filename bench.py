@@ -114,7 +114,7 @@ SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280, "tiny_bpe": 2560}
 GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04],
          "lanton": [0.01, 0.02, 0.04, 0.08]}
 # settings that do not change a run's record (compile and the memory flags change its last bits)
-NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile", "loss_chunk",
+NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile", "dtype", "loss_chunk",
                                     "checkpoint_blocks"}
 # controls that enter a run's key only when set, so that adding one keys no run anew
 KEYED_IF_SET = {"embed_head_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False}

@@ -46,9 +46,10 @@ def compute_init(cfg):
 
 def wrap_ddp(model, device):
     """DDP over the process group, with the gradients as views into its all-reduce buckets: one copy of
-    them in memory instead of two, and the same sums (nothing here keeps a gradient past its step)."""
+    them in memory instead of two, and the same sums (nothing here keeps a gradient past its step). No
+    buffer is broadcast before each forward: the only ones, RoPE's, are the same on every rank."""
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-               gradient_as_bucket_view=True)
+               gradient_as_bucket_view=True, broadcast_buffers=False)
 
 
 def compute_cleanup():
@@ -128,6 +129,10 @@ def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
         for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
             load_state(o, saved)
     set_rng_state(ckpt["rng"], device)
+    if cfg.dtype == "auto" and (ckpt["rng"]["cuda"] is not None) != (device.type == "cuda"):
+        here, there = ("bfloat16", "float32") if device.type == "cuda" else ("float32", "bfloat16")
+        print0(f"note: {path} was written on another kind of device; --dtype=auto trains in {here} here, "
+               f"in {there} there (pass --dtype={there} to keep it)")
     return ckpt["step"]
 
 

@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Cfg:  # what load_checkpoint compares a resume's settings with, and compute_init reads
     lr: float = 1e-3
     device: str = "cpu"
+    dtype: str = "auto"
 
 
 def save(tmp_path, state, device):
@@ -112,6 +113,19 @@ def test_resume_on_fewer_gpus(tmp_path, monkeypatch):
     cuda.states = {0: torch.zeros(8, dtype=torch.uint8)}
     load(tmp_path, {}, torch.device("cuda", 0))
     assert torch.equal(cuda.states[0], saved)
+
+
+def test_a_resume_says_when_dtype_auto_changes_the_precision(tmp_path, monkeypatch, capsys):
+    """--dtype=auto is bfloat16 on a GPU and float32 on a CPU: a checkpoint written on a GPU and resumed on a
+    CPU (or back) changes precision, and the console says so once, with the flag that keeps it."""
+    FakeCuda(monkeypatch, 1)
+    save(tmp_path, {}, torch.device("cpu"))
+    load(tmp_path, {}, torch.device("cpu"))
+    assert "dtype" not in capsys.readouterr().out
+    save(tmp_path, {}, torch.device("cuda", 0))
+    load(tmp_path, {}, torch.device("cpu"))
+    note = capsys.readouterr().out
+    assert "float32 here" in note and "--dtype=bfloat16" in note
 
 
 KERNEL = ("fused", "foreach", "capturable")

@@ -79,7 +79,7 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
 # settings a resumed run may change (a run out of memory resumes with --checkpoint_blocks); every other
 # setting must match its checkpoint's
 RUN_ONLY = ("resume", "stop_after", "eval_interval", "eval_steps", "log_interval", "compile", "device",
-            "out_dir", "sample_tokens", "wandb", "dry_run", "loss_chunk", "checkpoint_blocks")
+            "dtype", "out_dir", "sample_tokens", "wandb", "dry_run", "loss_chunk", "checkpoint_blocks")
 
 
 def check_config(cfg):
