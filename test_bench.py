@@ -68,6 +68,18 @@ def test_speed_times_the_compiled_step_beside_the_eager_one():
     assert row["compiled_tok_s"] > 0 and row["compile_speedup"] == pytest.approx(row["compiled_tok_s"] / row["ours_tok_s"])
 
 
+def test_the_stdlib_corpus_ignores_packages_installed_later(tmp_path, monkeypatch):
+    """The corpus is the library and its direct subdirectories, tests excluded; of site-packages only
+    the modules the committed runs saw, so that installing a package changes nothing."""
+    for name in ("a.py", "json/b.py", "json/deep/c.py", "test/t.py", "site-packages/six.py",
+                 "site-packages/jupyter.py", "site-packages/pkg/d.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    monkeypatch.setattr(bench.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    found = [os.path.relpath(f, tmp_path) for f in bench.stdlib_files()]
+    assert found == ["a.py", "json/b.py", "site-packages/six.py"]
+
+
 # ---- the documents' numbers are the committed runs' numbers ----
 
 def cells(line):
