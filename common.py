@@ -27,10 +27,18 @@ from cli import UsageError
 
 # ---- processes ----
 
+def device_type(cfg):  # --device=auto: cuda where there is one
+    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def uses_bf16(cfg, device_type):  # --dtype=auto: bfloat16 autocast on cuda, float32 on cpu
+    return cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device_type == "cuda")
+
+
 def compute_init(cfg):
     """Single process, or one process per device under torchrun (nccl on CUDA, gloo on CPU)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    cuda = device_type(cfg) == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda and local_rank >= torch.cuda.device_count():
@@ -129,8 +137,9 @@ def load_checkpoint(out_dir, state, cfg, meta, device, run_only):
         for o, saved in zip(obj, ckpt[key]) if isinstance(obj, list) else [(obj, ckpt[key])]:
             load_state(o, saved)
     set_rng_state(ckpt["rng"], device)
-    if cfg.dtype == "auto" and (ckpt["rng"]["cuda"] is not None) != (device.type == "cuda"):
-        here, there = ("bfloat16", "float32") if device.type == "cuda" else ("float32", "bfloat16")
+    written_on = "cpu" if ckpt["rng"]["cuda"] is None else "cuda"
+    if uses_bf16(cfg, written_on) != uses_bf16(cfg, device.type):
+        here, there = ("bfloat16", "float32") if uses_bf16(cfg, device.type) else ("float32", "bfloat16")
         print0(f"note: {path} was written on another kind of device; --dtype=auto trains in {here} here, "
                f"in {there} there (pass --dtype={there} to keep it)")
     return ckpt["step"]

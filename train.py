@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 import cli
 from cli import UsageError, nested, opt
-from common import (Metrics, compute_cleanup, compute_init, load_checkpoint, peak_flops, print0, run_record,
-                    save_checkpoint, stop_signals, wrap_ddp)
+from common import (Metrics, compute_cleanup, compute_init, device_type, load_checkpoint, peak_flops, print0,
+                    run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
@@ -326,7 +326,7 @@ def train(cfg):
     wrapped = torch.compile(model) if cfg.compile else model
     if world > 1:
         wrapped = wrap_ddp(wrapped, device)
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    bf16 = uses_bf16(cfg, device.type)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     peak = peak_flops(device)
 
@@ -420,8 +420,7 @@ def memory_report(cfg):
     check_config(dataclasses.replace(cfg, device="cpu"))  # planning a GPU run needs no GPU
     vocab = pad_vocab(read_meta(cfg.data)["vocab_size"]) if cfg.data else PRESETS[cfg.preset].vocab_size
     model_cfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=vocab, max_seq_len=cfg.seq_len)
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cuda)
+    bf16 = uses_bf16(cfg, device_type(cfg))
     parts = estimate_memory(model_cfg, cfg.batch_size, cfg.seq_len, bf16, cfg.optimizer, cfg.loss_chunk,
                             cfg.checkpoint_blocks)
     head = (f"{cfg.preset} (vocabulary {vocab}), {cfg.batch_size} x {cfg.seq_len} tokens a micro-batch, "
