@@ -20,7 +20,7 @@ import sys
 import torch
 
 from cli import Parser, UsageError
-from prepare_fineweb import get_tokenizer, is_hugging_face, short
+from prepare_fineweb import is_hugging_face, meta_tokenizer, short
 
 
 def hf_config(mc, meta):
@@ -37,10 +37,10 @@ def hf_config(mc, meta):
             "mlp_bias": False, "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
 
 
-def save_tokenizer(name, path):
+def save_tokenizer(meta, path):
     """The run's Hugging Face tokenizer in path: its tokenizer.json, and a tokenizer_config.json that has
     transformers load it as it is, with the documents' separator as end-of-sequence."""
-    enc = get_tokenizer(name)
+    enc = meta_tokenizer(meta)
     enc.tok.save(os.path.join(path, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": enc.tok.id_to_token(enc.eot_token)}
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
@@ -80,7 +80,7 @@ def export(run_dir, target):
         json.dump(hf_config(mc, meta), f, indent=2)
     if is_hugging_face(meta["tokenizer"]):
         try:
-            save_tokenizer(meta["tokenizer"], tmp)
+            save_tokenizer(meta, tmp)
         except Exception as e:  # e.g. a hub tokenizer, offline and not in the cache
             shutil.rmtree(tmp)
             raise UsageError(f"cannot save the run's tokenizer {meta['tokenizer']!r} with the model "

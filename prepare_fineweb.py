@@ -14,6 +14,7 @@ Shard 0 is validation, the rest train. Interrupted? Run the same command again: 
 """
 
 import argparse
+import filecmp
 import glob
 import gzip
 import json
@@ -173,21 +174,42 @@ def write_json(path, obj):  # temp + rename, like the shards: a crash leaves the
     os.replace(path + ".tmp", path)
 
 
-def meta_of(enc):  # for meta.json, so that train.py can size the vocabulary and refuse a mismatch
-    return {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+def tokenizer_file(name):  # the file a tokenizer is read from; None for a named one (bytes, gpt2, a hub name)
+    path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
+    return path if os.path.isfile(path) else None
+
+
+def meta_of(enc, name):
+    """meta.json's record of the tokenizer enc, loaded from name: so that train.py can size the vocabulary
+    and refuse a mismatch. A tokenizer read from a file is kept beside the shards and named by that copy,
+    so that the data directory can move to another machine."""
+    file = tokenizer_file(name)
+    return {"tokenizer": os.path.basename(file) if file else enc.name, "vocab_size": enc.n_vocab,
+            "eot": enc.eot_token}
+
+
+def write_meta(data_dir, enc, name):  # meta.json, and the tokenizer's file copied beside it
+    if file := tokenizer_file(name):
+        shutil.copy(file, os.path.join(data_dir, os.path.basename(file)))
+    write_json(os.path.join(data_dir, "meta.json"), meta_of(enc, name))
 
 
 def read_meta(data_dir):
-    """The tokenizer record beside the shards; plain llm.c shards without one are GPT-2."""
+    """The tokenizer record beside the shards, with "path" where the tokenizer is a file kept beside them;
+    plain llm.c shards without one are GPT-2's."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256}
     with open(path) as f:
         meta = json.load(f)
-    beside = os.path.join(data_dir, meta["tokenizer"])  # a tokenizer file kept beside the shards
+    beside = os.path.join(data_dir, meta["tokenizer"])
     if os.path.isfile(beside):
-        meta["tokenizer"] = os.path.abspath(beside)
+        meta["path"] = os.path.abspath(beside)
     return meta
+
+
+def meta_tokenizer(meta):  # the tokenizer that a read_meta record names
+    return get_tokenizer(meta.get("path", meta["tokenizer"]))
 
 
 def list_shards(data_dir, split):
@@ -196,9 +218,8 @@ def list_shards(data_dir, split):
 
 
 def build_corpus(data_dir, name, docs, val_every, tokenizer="bytes"):
-    """Documents (an iterable of str) as tokens in data_dir, every val_every-th one validation. A tokenizer
-    given as a file is copied beside the shards, and meta.json names the copy. Built aside, then renamed:
-    a concurrent or interrupted build never leaves half a corpus."""
+    """Documents (an iterable of str) as tokens in data_dir, every val_every-th one validation. Built aside,
+    then renamed: a concurrent or interrupted build never leaves half a corpus."""
     if list_shards(data_dir, "train"):
         return
     enc = get_tokenizer(tokenizer)
@@ -210,11 +231,7 @@ def build_corpus(data_dir, name, docs, val_every, tokenizer="bytes"):
     tmp = tempfile.mkdtemp(dir=parent)
     write_shard(os.path.join(tmp, f"{name}_val_000000.bin"), split["val"])
     write_shard(os.path.join(tmp, f"{name}_train_000001.bin"), split["train"])
-    meta = meta_of(enc)
-    if os.path.isfile(tokenizer):
-        meta["tokenizer"] = os.path.basename(tokenizer)
-        shutil.copy(tokenizer, os.path.join(tmp, meta["tokenizer"]))
-    write_json(os.path.join(tmp, "meta.json"), meta)
+    write_meta(tmp, enc, tokenizer)
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, data_dir)
@@ -363,11 +380,14 @@ def prepare(args, enc, out_dir):
     """Stream, tokenize and shard; returns the number of tokens this run wrote."""
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
-    theirs = read_meta(out_dir)  # GPT-2's where there is no meta.json
-    if theirs != meta_of(enc) and (os.path.exists(os.path.join(out_dir, "meta.json"))
-                                   or list_shards(out_dir, "val") or list_shards(out_dir, "train")):
-        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs['tokenizer']!r}, not {enc.name!r}; "
-                         "use another --out_dir")
+    theirs, ours = read_meta(out_dir), meta_of(enc, args.tokenizer)  # theirs: GPT-2's if no meta.json
+    file = tokenizer_file(args.tokenizer)  # and a file must be the one kept beside the shards
+    same = ({k: theirs[k] for k in ours} == ours
+            and not (file and "path" in theirs and not filecmp.cmp(file, theirs["path"], shallow=False)))
+    if not same and (os.path.exists(os.path.join(out_dir, "meta.json"))
+                     or list_shards(out_dir, "val") or list_shards(out_dir, "train")):
+        raise UsageError(f"{out_dir} holds shards of tokenizer {theirs['tokenizer']!r}, not "
+                         f"{args.tokenizer!r}; use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
         {"dataset": "fineweb-edu" if args.edu else "fineweb", "name": args.name}
     progress = {"source": source, "shard_size": S, "starts": [{"state": None, "skip": 0, "offset": 0}]}
@@ -392,7 +412,7 @@ def prepare(args, enc, out_dir):
     docs = open_docs(args, where)
     os.makedirs(out_dir, exist_ok=True)
     remove_tmp(out_dir)
-    write_json(os.path.join(out_dir, "meta.json"), meta_of(enc))
+    write_meta(out_dir, enc, args.tokenizer)
     # the first chunk is redone whole, not entered at the skip: then every chunk, and so the progress
     # file too, comes out as in an uninterrupted run
     skip, drop = starts[k]["skip"], starts[k]["offset"]

@@ -18,7 +18,7 @@ import torch
 
 from cli import Parser, UsageError
 from model import LLaMA, ModelConfig
-from prepare_fineweb import decode, get_tokenizer, short
+from prepare_fineweb import decode, get_tokenizer, meta_tokenizer, short
 
 # ---- the run: model and tokenizer ----
 
@@ -42,7 +42,7 @@ def load_tokenizer(meta, path):
     vocabulary must match."""
     name = path or meta["tokenizer"]
     try:
-        enc = get_tokenizer(name)
+        enc = get_tokenizer(path) if path else meta_tokenizer(meta)
     except Exception as e:  # tiktoken downloads 'gpt2' on first use; offline that fails, as does a bad file
         hint = "" if path else ("; pass a local copy of the tokenizer the shards were made with: "
                                 "--tokenizer=PATH.tiktoken or PATH/tokenizer.json")

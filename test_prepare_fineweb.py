@@ -4,6 +4,7 @@ Tests for prepare_fineweb.py: CPU only, no network, a few seconds each.
     python -m pytest -q test_prepare_fineweb.py
 """
 
+import filecmp
 import gzip
 import json
 import multiprocessing
@@ -173,7 +174,9 @@ def test_shards_hold_the_documents_in_order(tmp_path, corpus, tokenizer):
     assert len(starts) == len(docs) and starts[0] == 0
     decoded = [enc.decode(piece.tolist()) for piece in np.split(tokens, starts[1:])]
     assert decoded == ["<|endoftext|>" + d for d in docs]
-    assert read_meta(out) == {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot": enc.eot_token}
+    beside = {"tokenizer": os.path.basename(tokenizer), "path": str(out / os.path.basename(tokenizer))}
+    assert read_meta(out) == {**({"tokenizer": "bytes"} if tokenizer == "bytes" else beside),
+                              "vocab_size": enc.n_vocab, "eot": enc.eot_token}
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
@@ -217,9 +220,10 @@ def test_hugging_face_tokenizer_shards(tmp_path, t5_like, form):
     assert len(starts) == len(docs) and starts[0] == 0
     decoded = [tok.decode(piece.tolist(), skip_special_tokens=False) for piece in np.split(tokens, starts[1:])]
     assert decoded == ["</s>" + d for d in docs]
-    meta = read_meta(out)
-    assert meta == {"tokenizer": os.path.abspath(t5_like[form]), "vocab_size": 300, "eot": 1}
-    enc = get_tokenizer(meta["tokenizer"])
+    meta = read_meta(out)  # the tokenizer is kept beside the shards
+    assert meta == {"tokenizer": "tokenizer.json", "path": str(out / "tokenizer.json"), "vocab_size": 300, "eot": 1}
+    assert filecmp.cmp(t5_like["file"], out / "tokenizer.json", shallow=False)
+    enc = pf.meta_tokenizer(meta)
     assert pf.decode(enc, tokens[:starts[3]].tolist() + [300, 301]) == "</s>" + "</s>".join(docs[:3]) + "\ufffd" * 2
     assert enc.decode(enc.encode_ordinary("x \ud83d y")) == "x \ufffd y"  # a lone surrogate, as tiktoken repairs it
 
@@ -539,3 +543,19 @@ def test_train_reads_the_shards_and_refuses_another_tokenizer(tmp_path, corpus):
     prepare(tmp_path / "bytes", inputs, tokenizer="bytes", shard_size=3000)
     with pytest.raises(train.UsageError, match="tokenizer"):  # resuming on shards of another tokenizer
         train.train(train.TrainConfig(data=str(tmp_path / "bytes"), resume=True, **base))
+
+
+def test_a_data_directory_can_move(tmp_path, corpus):
+    """Shards of a tokenizer file keep a copy of it: moved elsewhere, with the original gone, they still train
+    and print samples."""
+    import train
+    (tmp_path / "tok").mkdir()
+    tok = hf_tokenizer_file(tmp_path / "tok" / "tokenizer.json")
+    assert prepare(tmp_path / "data", corpus[1], tokenizer=tok, shard_size=5000) == 0
+    shutil.rmtree(tmp_path / "tok")
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    train.train(train.TrainConfig(data=str(tmp_path / "moved"), max_steps=4, batch_size=2, seq_len=32, eval_interval=2,
+                                  eval_steps=1, sample_tokens=8, device="cpu", out_dir=str(tmp_path / "run")))
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        samples = [r["step"] for r in map(json.loads, f) if isinstance(r.get("sample"), str)]
+    assert samples == [0, 2, 4]

@@ -18,7 +18,7 @@ import sample
 import train as T
 from conftest import hf_tokenizer_file
 from model import LLaMA, ModelConfig
-from prepare_fineweb import decode, get_tokenizer
+from prepare_fineweb import decode, get_tokenizer, meta_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -140,7 +140,7 @@ def test_a_run_on_a_hugging_face_tokenizer(hf_run, capsys):
                         "--temperature=0"]) == 0
     text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
     model, meta = sample.load_model(out, torch.device("cpu"))
-    enc = get_tokenizer(meta["tokenizer"])
+    enc = meta_tokenizer(meta)
     assert enc.eot_token == 1 and enc.encode("the ") == enc.tok.encode("the ", add_special_tokens=False).ids
     ids = model.generate(torch.tensor([[1] + enc.encode("the ")]), 12, temperature=0)[0, 1:].tolist()
     assert text.startswith("the ") and text == decode(enc, ids)

@@ -26,7 +26,7 @@ from common import (Metrics, compute_cleanup, compute_init, device_type, load_ch
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
-from prepare_fineweb import build_corpus, decode, get_tokenizer, list_shards, read_meta, read_shard
+from prepare_fineweb import build_corpus, decode, list_shards, meta_tokenizer, read_meta, read_shard
 
 # ---- config ----
 
@@ -238,7 +238,7 @@ def sample_tokenizer(meta):
     """The data's tokenizer, to print samples with; None (and a note) if it cannot be loaded, e.g. GPT-2
     shards offline: training never needed the ranks file, so it goes on without samples."""
     try:
-        return get_tokenizer(meta["tokenizer"])
+        return meta_tokenizer(meta)
     except Exception as e:
         print(f"no samples: cannot load tokenizer {meta['tokenizer']!r} ({str(e).splitlines()[0][:120]})",
               flush=True)
