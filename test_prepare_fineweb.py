@@ -521,6 +521,16 @@ def test_error_out_dir_of_another_tokenizer_or_shard_size(tmp_path, corpus, caps
     capsys.readouterr()
     assert prepare(out, inputs, tokenizer="bytes", shard_size=2000) == 2
     assert_one_line_error(capsys.readouterr().err, "--shard_size", "--out_dir")
+    # a tokenizer file is told from another of the same name and vocabulary by its bytes
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    tok = hf_tokenizer_file(tmp_path / "a" / "tokenizer.json")
+    other = json.loads(pathlib.Path(tok).read_text()) | {"normalizer": {"type": "Lowercase"}}
+    (tmp_path / "b" / "tokenizer.json").write_text(json.dumps(other))
+    assert prepare(tmp_path / "hf", inputs, tokenizer=tok) == 0
+    assert prepare(tmp_path / "hf", inputs, tokenizer=tok) == 0  # the same file resumes
+    capsys.readouterr()
+    assert prepare(tmp_path / "hf", inputs, tokenizer=str(tmp_path / "b" / "tokenizer.json")) == 2
+    assert_one_line_error(capsys.readouterr().err, "'tokenizer.json'", "--out_dir")
 
 
 # ---- speed ----
