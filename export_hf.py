@@ -39,10 +39,12 @@ def hf_config(mc, meta):
 
 def save_tokenizer(meta, path):
     """The run's Hugging Face tokenizer in path: its tokenizer.json, and a tokenizer_config.json that has
-    transformers load it as it is, with the documents' separator as end-of-sequence."""
+    transformers load it as it is, with the documents' separator as end-of-sequence and text that spells a
+    special token encoded as text, as in the shards."""
     enc = meta_tokenizer(meta)
     enc.tok.save(os.path.join(path, "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": enc.tok.id_to_token(enc.eot_token)}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": enc.tok.id_to_token(enc.eot_token),
+              "split_special_tokens": True}
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)
 
@@ -105,7 +107,7 @@ def main(argv=None):
     if is_hugging_face(tokenizer):
         print(f"tokenizer: {tokenizer}, saved beside the model, e.g. lm_eval --model hf "
               f"--model_args pretrained={args.target} ...")
-    elif tokenizer == "gpt2" or tokenizer.endswith("gpt2"):
+    elif tokenizer in ("gpt2", "gpt2.tiktoken"):  # by name, or the ranks file kept beside the shards
         print("tokenizer: gpt2, e.g. lm_eval --model hf "
               f"--model_args pretrained={args.target},tokenizer=gpt2 ...")
     else:

@@ -61,9 +61,18 @@ def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path, capsys):
     assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert f"pretrained={tmp_path / 'hf'} " in capsys.readouterr().out
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    text = "the cat and naïve café, 東京"
-    assert hf_tok(text, add_special_tokens=False).input_ids == get_tokenizer(tok).encode_ordinary(text)
+    for text in ["the cat and naïve café, 東京", "a </s> or <pad> spelled in the text"]:
+        assert hf_tok(text, add_special_tokens=False).input_ids == get_tokenizer(tok).encode_ordinary(text)
     assert (hf_tok.eos_token, hf_tok.eos_token_id) == ("</s>", 1)
+
+
+@pytest.mark.parametrize("name, words", [("gpt2", "tokenizer=gpt2"), ("gpt2.tiktoken", "tokenizer=gpt2"),
+                                         ("bytes", "no Hugging Face tokenizer matches")])
+def test_the_tokenizer_to_evaluate_with(tmp_path, capsys, name, words):
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=320, max_seq_len=8),
+               meta={"tokenizer": name, "vocab_size": 300, "eot": 1})
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert words in capsys.readouterr().out
 
 
 def test_a_trained_run_exports_and_still_resumes_exactly(tmp_path, data_dir):
