@@ -190,7 +190,9 @@ def meta_of(enc, name):
 
 def write_meta(data_dir, enc, name):  # meta.json, and the tokenizer's file copied beside it
     if file := tokenizer_file(name):
-        shutil.copy(file, os.path.join(data_dir, os.path.basename(file)))
+        copy = os.path.join(data_dir, os.path.basename(file))
+        if not (os.path.exists(copy) and os.path.samefile(file, copy)):  # resumed with the copy itself
+            shutil.copy(file, copy)
     write_json(os.path.join(data_dir, "meta.json"), meta_of(enc, name))
 
 

@@ -527,7 +527,8 @@ def test_error_out_dir_of_another_tokenizer_or_shard_size(tmp_path, corpus, caps
     other = json.loads(pathlib.Path(tok).read_text()) | {"normalizer": {"type": "Lowercase"}}
     (tmp_path / "b" / "tokenizer.json").write_text(json.dumps(other))
     assert prepare(tmp_path / "hf", inputs, tokenizer=tok) == 0
-    assert prepare(tmp_path / "hf", inputs, tokenizer=tok) == 0  # the same file resumes
+    assert prepare(tmp_path / "hf", inputs, tokenizer=tok) == 0  # the same file resumes, as does its copy
+    assert prepare(tmp_path / "hf", inputs, tokenizer=str(tmp_path / "hf" / "tokenizer.json")) == 0
     capsys.readouterr()
     assert prepare(tmp_path / "hf", inputs, tokenizer=str(tmp_path / "b" / "tokenizer.json")) == 2
     assert_one_line_error(capsys.readouterr().err, "'tokenizer.json'", "--out_dir")
