@@ -383,11 +383,11 @@ def prepare(args, enc, out_dir):
     S, limit, progress_path = args.shard_size, args.limit, os.path.join(out_dir, "progress.json")
     # never mix two tokenizers, inputs or shard sizes in one directory
     theirs, ours = read_meta(out_dir), meta_of(enc, args.tokenizer)  # theirs: GPT-2's if no meta.json
-    file = tokenizer_file(args.tokenizer)  # and a file must be the one kept beside the shards
-    same = ({k: theirs[k] for k in ours} == ours
-            and not (file and "path" in theirs and not filecmp.cmp(file, theirs["path"], shallow=False)))
-    if not same and (os.path.exists(os.path.join(out_dir, "meta.json"))
-                     or list_shards(out_dir, "val") or list_shards(out_dir, "train")):
+    file = tokenizer_file(args.tokenizer)  # a file must also have the bytes of the copy kept beside the shards
+    other_bytes = file and "path" in theirs and not filecmp.cmp(file, theirs["path"], shallow=False)
+    used = os.path.exists(os.path.join(out_dir, "meta.json")) or list_shards(out_dir, "val") \
+        or list_shards(out_dir, "train")
+    if used and ({k: theirs[k] for k in ours} != ours or other_bytes):
         raise UsageError(f"{out_dir} holds shards of tokenizer {theirs['tokenizer']!r}, not "
                          f"{args.tokenizer!r}; use another --out_dir")
     source = {"input": [[os.path.basename(p), os.path.getsize(p)] for p in args.input]} if args.input else \
