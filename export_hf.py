@@ -7,8 +7,9 @@ transformers.AutoModelForCausalLM.from_pretrained loads, for lm-evaluation-harne
 The weights map one to one (model.py uses Hugging Face's module names and rotary convention). The
 vocabulary keeps its padding (GPT-2's 50,257 tokens padded to 50,304 rows, as the model was trained):
 the tokenizer never produces the extra ids. A run on a Hugging Face tokenizer (T5's, ...) has it saved
-beside the model, where AutoTokenizer finds it; GPT-2-tokenized runs use the `gpt2` tokenizer; a run on
-byte tokens has no Hugging Face tokenizer, so its export is for logits, not for lm-eval.
+beside the model, where AutoTokenizer finds it (where the run's data is not on this machine, pass a copy:
+--tokenizer=DIR or tokenizer.json); GPT-2-tokenized runs use the `gpt2` tokenizer; a run on byte tokens
+has no Hugging Face tokenizer, so its export is for logits, not for lm-eval.
 """
 
 import argparse
@@ -20,7 +21,8 @@ import sys
 import torch
 
 from cli import Parser, UsageError
-from prepare_fineweb import is_hugging_face, meta_tokenizer, short
+from prepare_fineweb import is_hugging_face, short
+from sample import load_tokenizer
 
 
 def hf_config(mc, meta):
@@ -37,11 +39,10 @@ def hf_config(mc, meta):
             "mlp_bias": False, "bos_token_id": eot, "eos_token_id": eot, "initializer_range": 0.02}
 
 
-def save_tokenizer(meta, path):
-    """The run's Hugging Face tokenizer in path: its tokenizer.json, and a tokenizer_config.json that has
+def save_tokenizer(enc, path):
+    """A Hugging Face tokenizer in path: its tokenizer.json, and a tokenizer_config.json that has
     transformers load it as it is, with the documents' separator as end-of-sequence and text that spells a
     special token encoded as text, as in the shards."""
-    enc = meta_tokenizer(meta)
     enc.tok.save(os.path.join(path, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": enc.tok.id_to_token(enc.eot_token),
               "split_special_tokens": True}
@@ -49,8 +50,9 @@ def save_tokenizer(meta, path):
         json.dump(config, f, indent=2)
 
 
-def export(run_dir, target):
-    """Write target/config.json and target/model.safetensors from run_dir/ckpt.pt; the run is only read."""
+def export(run_dir, target, tokenizer=""):
+    """Write target/config.json and target/model.safetensors from run_dir/ckpt.pt, and the run's Hugging
+    Face tokenizer (or the copy given) beside them; the run is only read. Returns the tokenizer's name."""
     try:
         from safetensors.torch import save_file  # an optional extra, like transformers
     except ImportError:
@@ -68,6 +70,11 @@ def export(run_dir, target):
         meta, mc = ckpt["meta"], ckpt["model_config"]  # the model as train.py built it
     except Exception as e:  # not a checkpoint of train.py, or truncated
         raise UsageError(f"cannot load {ckpt_path}: {short(e)}") from None
+    name = tokenizer or meta["tokenizer"]
+    if tokenizer and not is_hugging_face(tokenizer):
+        raise UsageError(f"--tokenizer={tokenizer} is no Hugging Face tokenizer; pass a tokenizer directory "
+                         "or tokenizer.json (nothing was written)")
+    enc = load_tokenizer(meta, tokenizer) if is_hugging_face(name) else None  # before anything is written
     # Hugging Face's names are ours under "model.", but for the head; a tied head is stored once,
     # as the embedding
     weights = {(k if k.startswith("lm_head.") else "model." + k): v.contiguous()
@@ -80,26 +87,24 @@ def export(run_dir, target):
     save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(mc, meta), f, indent=2)
-    if is_hugging_face(meta["tokenizer"]):
-        try:
-            save_tokenizer(meta, tmp)
-        except Exception as e:  # e.g. a hub tokenizer, offline and not in the cache
-            shutil.rmtree(tmp)
-            raise UsageError(f"cannot save the run's tokenizer {meta['tokenizer']!r} with the model "
-                             f"({short(e)}); nothing was written") from None
+    if enc is not None:
+        save_tokenizer(enc, tmp)
     if os.path.isdir(target):
         os.rmdir(target)  # empty, checked above
     os.replace(tmp, target)  # written aside, then renamed: never half an export under the target's name
-    return meta["tokenizer"]
+    return name
 
 
 def main(argv=None):
     p = Parser(prog="export_hf.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run's out_dir (holds ckpt.pt)")
     p.add_argument("target", help="directory to write (must not exist, or be empty)")
+    p.add_argument("--tokenizer", default="",
+                   help="a copy of the run's Hugging Face tokenizer (directory or tokenizer.json), where "
+                        "the one its data was made with is not on this machine")
     try:
         args = p.parse_args(argv)
-        tokenizer = export(args.run_dir, args.target)
+        tokenizer = export(args.run_dir, args.target, args.tokenizer)
     except UsageError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         return 2

@@ -210,7 +210,9 @@ def read_meta(data_dir):
     return meta
 
 
-def meta_tokenizer(meta):  # the tokenizer that a read_meta record names
+def meta_tokenizer(meta):  # the tokenizer that a read_meta record names: the copy beside the shards, if any
+    if "path" in meta and not os.path.exists(meta["path"]):  # e.g. a checkpoint far from its shards
+        raise FileNotFoundError(f"{meta['path']} does not exist")
     return get_tokenizer(meta.get("path", meta["tokenizer"]))
 
 

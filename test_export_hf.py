@@ -66,6 +66,29 @@ def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path, capsys):
     assert (hf_tok.eos_token, hf_tok.eos_token_id) == ("</s>", 1)
 
 
+def test_a_tokenizer_no_longer_where_the_run_left_it(tmp_path, capsys):
+    """A run whose shards (and the tokenizer copy beside them) are not on this machine: refused in one line
+    that names --tokenizer, nothing written; with --tokenizer pointing at a copy, exported with it."""
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "small").mkdir()
+    tok = hf_tokenizer_file(tmp_path / "copy" / "tokenizer.json")
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=320, max_seq_len=8),
+               meta={"tokenizer": "tokenizer.json", "path": str(tmp_path / "gone" / "tokenizer.json"),
+                     "vocab_size": 300, "eot": 1})
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "gone/tokenizer.json does not exist" in err and "--tokenizer" in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["copy", "run", "small"]  # no export, no leftover of one
+    for wrong in ["gpt2", str(hf_tokenizer_file(tmp_path / "small" / "tokenizer.json", vocab_size=280))]:
+        assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf"), f"--tokenizer={wrong}"]) == 2
+        err = capsys.readouterr().err
+        assert wrong in err and len(err.strip().splitlines()) == 1
+        assert sorted(os.listdir(tmp_path)) == ["copy", "run", "small"]
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf"), f"--tokenizer={tok}"]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok("the cat", add_special_tokens=False).input_ids == get_tokenizer(tok).encode_ordinary("the cat")
+
+
 @pytest.mark.parametrize("name, words", [("gpt2", "tokenizer=gpt2"), ("gpt2.tiktoken", "tokenizer=gpt2"),
                                          ("bytes", "no Hugging Face tokenizer matches")])
 def test_the_tokenizer_to_evaluate_with(tmp_path, capsys, name, words):
