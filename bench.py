@@ -514,20 +514,23 @@ def quality(args):
 def row(study, label, runs, ref_runs, ref_mean, ref_se, max_steps, info):
     """A variant's result against its study's tuned uniform runs: the mean final loss and its s.e.,
     the difference and whether it exceeds 2 s.e., the speedup to the reference's loss, the LR
-    methods' time."""
+    methods' time. The speedup compares the steps at which the two seed-mean validation curves first
+    reach the reference's final loss: max_steps for the reference, unless its curve dips below that
+    loss earlier (validation loss can rise and fall late in training)."""
     finals = [r["final_val"] for r in runs]
     mean, se = mean_se(finals)
     is_ref = runs is ref_runs
     diff_se = math.sqrt(se**2 + ref_se**2)
-    curve = [(s, statistics.mean(r["val"][i][1] for r in runs))  # the seed mean
-             for i, (s, _) in enumerate(runs[0]["val"])]
-    reach = steps_to_reach(curve, ref_mean)
+    seed_mean = lambda rs: [(s, statistics.mean(r["val"][i][1] for r in rs))
+                            for i, (s, _) in enumerate(rs[0]["val"])]
+    reach = steps_to_reach(seed_mean(runs), ref_mean)
+    ref_reach = steps_to_reach(seed_mean(ref_runs), ref_mean) or max_steps
     settings = runs[0]["settings"]
     return {"study": study, "variant": label,
             "setting": {k: settings[k] for k in ("lr", "muon_lr")}, "mean": mean, "se": se,
             "diff": mean - ref_mean,
             "significant": abs(mean - ref_mean) > 2 * diff_se,
-            "speedup": max_steps / reach if reach and not is_ref else None,
+            "speedup": ref_reach / reach if reach and not is_ref else None,
             "overhead": statistics.mean(sum(r["overhead"].values()) for r in runs),
             "seeds": len(runs), "finals": finals, "info": info,
             "commands": [r["command"] for r in runs]}

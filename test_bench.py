@@ -240,6 +240,21 @@ def test_quality_table_arithmetic_against_numbers_worked_by_hand():
     assert bench.table_line(r, ref, True) == "| s | uniform (tuned), 3 seeds | lr=0.001 | 3.1000 ± 0.0577 | reference |  | 0.0% |"
 
 
+def test_the_speedup_counts_from_where_the_reference_itself_first_reaches_its_loss():
+    """A reference curve that dips below its final loss before the end (validation loss rises and falls
+    late in training): the variant's lead is measured against the step where the reference's own
+    seed-mean curve first reaches that loss, not against the run's length."""
+    ref = [fake_run(3.0, 3.0), fake_run(3.2, 3.0), fake_run(3.1, 3.0)]  # seed mean (0, 5), (50, 3.0), (100, 3.1)
+    early = [fake_run(3.0, 3.1), fake_run(3.0, 3.1), fake_run(3.0, 3.1)]  # (0, 5), (50, 3.1), (100, 3.0)
+    late = [fake_run(2.9, 3.5), fake_run(2.9, 3.5), fake_run(2.9, 3.5)]  # (0, 5), (50, 3.5), (100, 2.9)
+    row = lambda runs: bench.row("s", "v", runs, ref, 3.1, 0.1 / 3**0.5, 100, "info")
+    # the reference first reaches 3.1 at 50 * (5 - 3.1) / (5 - 3.0) = 47.5 steps; early at 50, late at
+    # 50 + 50 * 0.4 / 0.6 = 83.3: neither is faster, though both end lower and reach 3.1 before step 100
+    assert row(early)["speedup"] == pytest.approx(47.5 / 50)
+    assert row(late)["speedup"] == pytest.approx(47.5 / (50 + 50 * 0.4 / 0.6))
+    assert "| 0.57x |" in bench.table_line(row(late), late, False)
+
+
 # ---- signals: the benchmark stops at once, caches nothing cut off, and goes on where it stopped ----
 
 
