@@ -123,12 +123,17 @@ def build_bpe_corpus(data_dir, gpt2):
 # at small (4.98M) and on the BPE corpus 5.1 at tiny (2.05M, half of them in embedding and head)
 SIZES = {"tiny": 1360, "tiny_gqa": 1360, "small": 1280, "tiny_bpe": 2560}
 GRIDS = {"lr": [5e-4, 1e-3, 2e-3, 4e-3], "muon_lr": [0.005, 0.01, 0.02, 0.04],
-         "lanton": [0.01, 0.02, 0.04, 0.08]}
+         "lanton": [0.01, 0.02, 0.04, 0.08],
+         # LARS and LAMB step lr x ||w|| (baselines.py); blockwise's ratios put blocks at 4-10x lr
+         "lars": [0.01, 0.02, 0.04, 0.08], "lamb": [0.005, 0.01, 0.02, 0.04],
+         "blockwise": [2.5e-4, 5e-4, 1e-3, 2e-3]}
 # settings that do not change a run's record (compile and the memory flags change its last bits)
 NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile", "dtype", "loss_chunk",
                                     "checkpoint_blocks"}
-# controls that enter a run's key only when set, so that adding one keys no run anew
-KEYED_IF_SET = {"embed_head_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False}
+# controls that enter a run's key only when set, so that adding one keys no run anew (llr_config's
+# fields by their dotted name)
+KEYED_IF_SET = {"embed_head_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False, "blockwise": False,
+                "llr.estimator": "hill"}
 # the official absolute cadence, whatever the run length
 FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)
 RETRY = 30  # seconds between looks at runs another benchmark process holds
@@ -295,13 +300,20 @@ def make_run(cfg, ctx, key, settings, out):
                          for m in ("llr", "lanton") if f"{m}_seconds" in summary}}
 
 
+def unset(settings, prefix=""):
+    """settings without NOT_IN_KEY's and without the KEYED_IF_SET controls left at their defaults."""
+    keep = lambda k, v: not (k in NOT_IN_KEY or k in KEYED_IF_SET and v == KEYED_IF_SET[k])
+    return {k: unset(v, f"{prefix}{k[:-len('_config')]}.") if isinstance(v, dict) else v
+            for k, v in settings.items() if keep(prefix + k, v)}
+
+
 def run_once(cfg, ctx):
     """One training run, cached in results/runs/<name>-<hash>.json so that an interrupted benchmark
     resumes where it stopped. None, at once, where another benchmark process is making it."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in NOT_IN_KEY and not (k in KEYED_IF_SET and v == KEYED_IF_SET[k])}
+    settings = unset(dataclasses.asdict(cfg))
     digest = sha(json.dumps([settings, ctx["data"], ctx["code"]], sort_keys=True).encode())
-    method = "-llr" * cfg.llr + "-lanton" * cfg.lanton
+    method = ("-blockwise" * cfg.blockwise + "-llr" * cfg.llr + "-farms" * (cfg.llr_config.estimator == "farms")
+              + "-lanton" * cfg.lanton)
     lr = cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr
     preset = cfg.preset + "_bpe" * (cfg.data == BPE)
     key = f"{preset}-{cfg.optimizer}{method}-{lr:g}-s{cfg.seed}-{digest}"
@@ -394,22 +406,36 @@ def studies(args):
     half_muon = lambda tuned: with_llr(tuned, muon_lr=tuned / 2)
     fixed_cadence = lambda tuned: with_llr(tuned, llr_config=FIXED_CADENCE)
     hard = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(ramp=0))
-    yield dict(name="demo", base=lambda found: train.TrainConfig(log_interval=10**9, device="cpu"),
-               knob="lr",
-               grid=GRIDS["lr"],
+    farms = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(estimator="farms"))
+
+    def baselines(parent, base):
+        """The paper's layerwise baselines, each with its own LR sweep, read against parent's runs."""
+        for method, changes in (("LARS", dict(optimizer="lars")), ("LAMB", dict(optimizer="lamb")),
+                                ("blockwise", dict(blockwise=True))):
+            yield dict(name=f"{parent}-{method.lower()}", method=method, needs=[parent], knob="lr",
+                       base=lambda found, changes=changes: dataclasses.replace(base(found), **changes),
+                       grid=GRIDS[method.lower()], variants={}, vs=parent)
+
+    demo = lambda found: train.TrainConfig(log_interval=10**9, device="cpu")
+    yield dict(name="demo", base=demo, knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr,
                          "uniform at lr=1e-3 (under-tuned)": lambda tuned: dict(lr=1e-3),
-                         "LLR at lr=1e-3 (under-tuned)": lambda tuned: with_llr(tuned, lr=1e-3)})
+                         "LLR at lr=1e-3 (under-tuned)": lambda tuned: with_llr(tuned, lr=1e-3),
+                         "LLR with FARMS": farms})
+    yield from baselines("demo", demo)
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR, fixed cadence 40/20": fixed_cadence,
                          "LLR, hard switching": hard,
                          "uniform at 3x LR": lambda tuned: dict(lr=3 * tuned),
-                         "uniform, embed/head at 3x": embed_head})
+                         "uniform, embed/head at 3x": embed_head,
+                         "uniform at half the LR (under-tuned)": lambda tuned: dict(lr=tuned / 2),
+                         "LLR with FARMS": farms})
+    yield from baselines("tiny-adamw", lambda found: base("tiny"))
     yield dict(name="tiny-muon", needs=["tiny-adamw"],
                base=lambda found: base("tiny", optimizer="muon", lr=found["tiny-adamw"]),
                knob="muon_lr", grid=GRIDS["muon_lr"],
                variants={"LLR": with_llr, "LLR, embed/head at 1x": embed_head_one,
-                         "LLR, multipliers of mean 1": mean_one})
+                         "LLR, multipliers of mean 1": mean_one, "LLR with FARMS": farms})
     yield dict(name="small-adamw", base=lambda found: base("small"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR at half the LR": half,
                          "LLR, multipliers of mean 1": mean_one,
@@ -422,7 +448,7 @@ def studies(args):
     yield dict(name="tiny-lanton", needs=["tiny-adamw", "tiny-muon"],
                base=lambda found: base("tiny", optimizer="muon", lanton=True,
                                        lr=found["tiny-adamw"]),
-               knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon")
+               knob="muon_lr", grid=GRIDS["lanton"], variants={}, vs="tiny-muon", method="LANTON")
     yield dict(name="tiny_gqa-adamw", needs=["tiny-adamw"], base=lambda found: base("tiny_gqa"),
                knob="lr", grid=lambda found: [found["tiny-adamw"]], variants={"LLR": with_llr})
     yield dict(name="small-muon", needs=["small-adamw"],
@@ -434,7 +460,7 @@ def studies(args):
                grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR, embed/head at 1x": embed_head_one,
                          "uniform, embed/head at 3x": embed_head,
-                         "LLR, multipliers of mean 1": mean_one})
+                         "LLR, multipliers of mean 1": mean_one, "LLR with FARMS": farms})
 
 
 # in the order they run (no config is built until a study runs)
@@ -476,7 +502,8 @@ def quality(args):
         best, sweep = tune(cfg, knob, grid, ctx, args)
         found[name] = best
         tuned = dataclasses.replace(cfg, **{knob: best})
-        variants = {"LANTON (tuned)" if cfg.lanton else "uniform (tuned)": sweep[best]}
+        method = study.get("method", "uniform")
+        variants = {f"{method} (tuned)": sweep[best]}
         results[name] = variants
         # a study built on needs its tuned value and runs, not its variants
         if name not in args.studies:
@@ -493,9 +520,8 @@ def quality(args):
                 f"({per_param:.1f}/param)")
         for value in sorted(sweep):
             mean, se = mean_se([r["final_val"] for r in sweep[value]])
-            kind = "LANTON" if cfg.lanton else "uniform"
             seeds = len(sweep[value])
-            table.append(f"| {name} | {kind} sweep, {seeds} seed(s) | {knob}={value:g} | {mean:.4f}"
+            table.append(f"| {name} | {method} sweep, {seeds} seed(s) | {knob}={value:g} | {mean:.4f}"
                          + (f" ± {se:.4f}" if seeds > 1 else "") + " | | | |")
         for label, runs in variants.items():
             rows.append(row(name, label, runs, ref_runs, ref_mean, ref_se, cfg.max_steps, info))
@@ -571,7 +597,8 @@ def plot_study(name, variants):
     plt.close(fig)
     shown = [{"name": label, "alphas": runs[0]["alphas"] or runs[0]["llr"], "llr": runs[0]["llr"],
               "lanton": runs[0]["lanton"]}
-             for label, runs in variants.items() if label.endswith("(tuned)") or label == "LLR"]
+             for label, runs in variants.items()
+             if label.endswith("(tuned)") or label in ("LLR", "LLR with FARMS")]
     shown = [r for r in shown if r["alphas"]]
     if shown:
         height = 0.09 * len(shown[0]["alphas"][0]["alphas"]) * len(shown) + 2 * len(shown)

@@ -129,13 +129,40 @@ def batched_over_ranks(jobs):
     return values.tolist()  # the one host sync
 
 
-def alphas(model, xmin_pos=2.0):
+def farms_esd(weight, windows=9):
+    """FARMS (Hu et al., arXiv 2506.06280): the spectrum of a matrix without its aspect-ratio bias. Square
+    submatrices of side min(rows, cols) // 2 at `windows` evenly spaced offsets per dimension (windows**2 in
+    all, overlapping), their squared singular values pooled into one ascending spectrum, float32. A random
+    matrix then has the same Hill alpha whatever its shape (~2.11 at any aspect ratio; the plain esd's is
+    ~2.1 square, ~3.1 at 1:2.75). One matrix or a stack (B, rows, cols) -> (windows**2 * side,) or (B, ...)."""
+    if weight.ndim < 2:
+        raise ValueError(f"farms_esd needs a matrix, got shape {tuple(weight.shape)}")
+    return _farms_eigs(weight, windows).float()
+
+
+def _farms_eigs(w, windows=9):
+    rows, cols = w.shape[-2:]
+    side = max(1, min(rows, cols) // 2)  # FARMS's LLaMA runs: 2000 of 4096
+    starts = lambda n: sorted({round(i * (n - side) / max(1, windows - 1)) for i in range(windows)})
+    subs = torch.stack([w[..., r:r + side, c:c + side] for r in starts(rows) for c in starts(cols)], -3)
+    return _gram_eigs(subs).flatten(-2).sort(-1).values  # (..., windows**2 * side), pooled
+
+
+ESTIMATORS = ("hill", "farms")  # 'hill': the whole spectrum; 'farms': square windows
+
+
+def alphas(model, xmin_pos=2.0, estimator="hill"):
     """{name: Hill alpha} of every 2-D weight of any nn.Module (or of an iterable of (name, tensor)), NaN
     where degenerate; a transposed layout (GPT-2's Conv1D stores (in, out)) has the same eigenvalues, so
-    the same alpha. Under torch.distributed a collective (batched_over_ranks): call it on every rank."""
+    the same alpha. estimator 'hill' fits the whole spectrum (the paper), 'farms' the pooled spectrum of
+    square windows (farms_esd). Under torch.distributed a collective (batched_over_ranks): call it on
+    every rank."""
     named = model.named_parameters() if isinstance(model, nn.Module) else model
     matrices = {n: w for n, w in named if w.ndim == 2}
-    alpha = lambda stack: _hill(_gram_eigs(stack), xmin_pos)  # (B, rows, cols) -> (B,)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be 'hill' or 'farms', got {estimator!r}")
+    spectrum = _farms_eigs if estimator == "farms" else _gram_eigs
+    alpha = lambda stack: _hill(spectrum(stack), xmin_pos)  # (B, rows, cols) -> (B,)
     return dict(zip(matrices, batched_over_ranks([(alpha, w) for w in matrices.values()])))
 
 
@@ -171,6 +198,8 @@ class LLRConfig:
     xmin_pos: float = _opt(2.0, "Hill tail starts at lambda_{floor(N / xmin_pos)}: 2 = median")
     embed_head: str = _opt("rmax", "'rmax': embedding and LM head get r_max (published); 'one': keep 1")
     mean_one: bool = _opt(False, "divide multipliers by their parameter-weighted mean (a control)")
+    estimator: str = _opt("hill", "'hill': alpha of the whole spectrum (paper); 'farms': of square windows, "
+                                  "shape-fair (arXiv 2506.06280)")
 
     def __post_init__(self):
         rules = [(self.interval >= 0, f"interval must be >= 0 (0 = total_steps // 80), got {self.interval}"),
@@ -180,7 +209,9 @@ class LLRConfig:
                   f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"),
                  (self.xmin_pos > 1, f"xmin_pos must be > 1, got {self.xmin_pos}"),
                  (self.embed_head in ("rmax", "one"),
-                  f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}")]
+                  f"embed_head must be 'rmax' or 'one', got {self.embed_head!r}"),
+                 (self.estimator in ESTIMATORS,
+                  f"estimator must be 'hill' or 'farms', got {self.estimator!r}")]
         for ok, msg in rules:  # one ValueError, naming the first bad field
             if not ok:
                 raise ValueError(msg)
@@ -230,7 +261,7 @@ class LLR:
 
     def _measure(self):
         """{name: alpha}, NaN where degenerate, by llr.alphas: the same route as train.py's logged alphas."""
-        return alphas(self.measured, self.cfg.xmin_pos)
+        return alphas(self.measured, self.cfg.xmin_pos, self.cfg.estimator)
 
     @torch.no_grad()
     def _recompute(self, step):

@@ -277,7 +277,8 @@ def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chun
         "weights": 4 * n,
         "bf16 weight copies": copies,
         "grads": 4 * n,
-        "optimizer": 4 * hidden + 8 * (n - hidden) if optimizer == "muon" else 8 * n,  # momentum; Adam's 2
+        # a momentum (Muon's, LARS's), or Adam's two moments (AdamW's, LAMB's)
+        "optimizer": {"muon": 4 * hidden + 8 * (n - hidden), "lars": 4 * n}.get(optimizer, 8 * n),
         "activations": tokens * (cfg.n_layers * saved_block + final),
         "logits and loss": logits,
         "recomputed block": tokens * block_bytes(cfg, bf16) if checkpoint_blocks else 0,

@@ -59,6 +59,33 @@ def test_alpha_at_random_init():
     assert hill_alpha(esd(randn(768, 2048, std=0.02))) == pytest.approx(2.99, abs=0.04)  # W^T W vs W W^T: same tail
 
 
+def test_farms_alpha_does_not_depend_on_the_shape():
+    """At random init the plain alpha is ~2.13 square, ~3.06 at 1:2.75 and ~3.48 at 1:4 (tiny's attention,
+    MLP and a 4x embedding); FARMS gives all three ~2.115 (measured over 20 seeds: means 2.111-2.116,
+    one matrix's s.d. 0.009-0.018), so over 4 seeds their means agree within 0.03."""
+    shapes = [(128, 128), (352, 128), (128, 352), (512, 128)]
+    farms = {s: sum(llr.alphas([("w", randn(*s, std=0.02, seed=k))], estimator="farms")["w"]
+                    for k in range(4)) / 4 for s in shapes}
+    plain = {s: llr.alphas([("w", randn(*s, std=0.02, seed=0))])["w"] for s in shapes}
+    assert max(farms.values()) - min(farms.values()) < 0.03, farms
+    assert all(v == pytest.approx(2.115, abs=0.03) for v in farms.values()), farms
+    assert plain[512, 128] - plain[128, 128] > 1.0  # the bias FARMS removes
+
+
+def test_farms_esd_pools_square_windows():
+    """farms_esd: windows**2 square windows of side min(rows, cols) // 2, evenly spaced from corner to corner,
+    each window's squared singular values, pooled and sorted."""
+    w = randn(40, 12, std=1.0)
+    eigs = llr.farms_esd(w, windows=3)
+    side, starts_r, starts_c = 6, [0, 17, 34], [0, 3, 6]
+    want = torch.cat([torch.linalg.svdvals(w[r:r + side, c:c + side].double()) ** 2
+                      for r in starts_r for c in starts_c]).sort().values
+    assert eigs.shape == (9 * side,)
+    assert torch.allclose(eigs.double(), want, rtol=1e-4, atol=1e-5)
+    stack = torch.stack([w, 2 * w])
+    assert torch.allclose(llr.farms_esd(stack, windows=3)[1], 4 * eigs, rtol=1e-4)
+
+
 def test_alpha_is_scale_invariant():
     w = randn(300, 120, std=0.02)
     assert hill_alpha(esd(7.0 * w)) == pytest.approx(hill_alpha(esd(w)), rel=1e-6)
@@ -187,7 +214,7 @@ def test_multiplier_map():
 def test_config_validation():
     LLRConfig()
     for bad in [dict(interval=-1), dict(ramp=-2), dict(window=1.5), dict(r_min=0.0), dict(r_min=3.0, r_max=2.0),
-                dict(xmin_pos=1.0), dict(embed_head="zero")]:
+                dict(xmin_pos=1.0), dict(embed_head="zero"), dict(estimator="svd")]:
         with pytest.raises(ValueError):
             LLRConfig(**bad)
 

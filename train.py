@@ -23,6 +23,7 @@ import cli
 from cli import UsageError, nested, opt
 from common import (Metrics, compute_cleanup, compute_init, device_type, load_checkpoint, peak_flops, print0,
                     run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
+from baselines import LAMB, LARS, blockwise_ratio
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
@@ -39,9 +40,9 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
     total_batch_tokens: int = opt(0, "tokens per optimizer step; 0 = one micro-batch on every process")
     seed: int = opt(1337, "model init")
     max_steps: int = opt(600, "length of the schedule", "optimization")
-    optimizer: str = opt("adamw", "adamw | muon (hidden matrices on Muon, the rest on AdamW)",
-                         choices=("adamw", "muon"))
-    lr: float = opt(4e-3, "AdamW peak learning rate (the CPU demo's tuned value: README, Results)")
+    optimizer: str = opt("adamw", "adamw | muon (hidden matrices on Muon, the rest on AdamW) | lars | lamb "
+                                  "(every tensor; baselines.py)", choices=("adamw", "muon", "lars", "lamb"))
+    lr: float = opt(4e-3, "AdamW (LARS, LAMB) peak learning rate (the CPU demo's tuned AdamW value: README)")
     min_lr_ratio: float = opt(0.1, "cosine decays to min_lr_ratio * lr")
     warmup_steps: int = opt(-1, "linear warmup; -1 = 10% of max_steps")
     beta1: float = opt(0.9, "AdamW first-moment decay")
@@ -53,6 +54,8 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
                               choices=("original", "match_rms_adamw"))
     embed_head_lr: float = opt(1.0, "embedding and LM head at this multiple of --lr "
                                     "(a control; official: embed_lr)")
+    blockwise: bool = opt(False, "AdamW with fixed LR ratios by block type (q, k 8; v, o 4; MLP 6; "
+                                 "embedding, head 10), the paper's 'Sharpness' baseline (baselines.py)")
     llr: bool = opt(False, "layerwise learning rates from each matrix's heavy-tail alpha",
                     "LLR (arXiv 2605.22297); --llr_<field> sets that field of llr.LLRConfig")
     llr_config: LLRConfig = nested(LLRConfig, "llr")
@@ -100,6 +103,9 @@ def check_config(cfg):
     if cfg.warmup_steps >= cfg.max_steps:
         raise UsageError(f"--warmup_steps={cfg.warmup_steps} must be smaller than "
                          f"--max_steps={cfg.max_steps}")
+    if cfg.blockwise and (cfg.optimizer != "adamw" or cfg.llr or cfg.lanton or cfg.embed_head_lr != 1):
+        raise UsageError("--blockwise sets every group's LR ratio itself, with AdamW: drop --optimizer, "
+                         "--llr, --lanton and --embed_head_lr")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device=cuda but no CUDA device is available; use --device=cpu")
     if cfg.data and not os.path.isdir(cfg.data):
@@ -204,11 +210,16 @@ def build_optimizers(model, cfg, fused):
     adamw = [g for g in groups if not any(g is m for m in muon)]
     covered = [id(p) for g in muon + adamw for p in g["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in one group"
-    # each group's peak lr: the optimizer's, or embedding and head at --embed_head_lr times AdamW's
+    # each group's peak lr: the optimizer's, or embedding and head at --embed_head_lr times AdamW's,
+    # or --blockwise's ratio
     for g in adamw:
-        g["initial_lr"] = cfg.lr * (cfg.embed_head_lr if role[id(g["params"][0])] in ("embed", "head") else 1)
+        r = role[id(g["params"][0])]
+        g["initial_lr"] = cfg.lr * (blockwise_ratio(g["name"], r) if cfg.blockwise else
+                                    cfg.embed_head_lr if r in ("embed", "head") else 1)
     for g in muon:
         g["initial_lr"] = cfg.muon_lr
+    if cfg.optimizer in ("lars", "lamb"):  # every tensor, as the paper's code
+        return [(LARS if cfg.optimizer == "lars" else LAMB)(adamw, lr=cfg.lr)]
     opts = [torch.optim.AdamW(adamw, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
     if muon:
         opts.append(Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr=cfg.muon_adjust_lr))
@@ -261,7 +272,7 @@ def evaluate(step, model, wrapped, files, cfg, rank, world, amp, enc, seconds):
         dist.all_reduce(loss)
     model.train()
     record, t0 = {"step": step, "val_loss": loss.item() / world}, time.perf_counter()
-    spectra = alphas(model)  # for every run, LLR or not (a collective under DDP)
+    spectra = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
     record["alphas"] = {n: a if math.isfinite(a) else None for n, a in spectra.items()}
     t1 = time.perf_counter()
     seconds["alphas"] += t1 - t0
