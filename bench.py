@@ -662,14 +662,14 @@ def busy_cpu(n, deadline=600):
             p.stdout.close()
 
 
-def recompute_seconds(preset, reps):
+def recompute_seconds(preset, reps, estimator="hill"):
     """Median seconds of one LLR recompute (alphas of every matrix, then the map) of a freshly
     initialised preset, as train.py's controller makes it."""
     model = LLaMA(PRESETS[preset])
     opt = torch.optim.AdamW(llr.param_groups(model, 0.1))
     times = []
     for _ in range(reps):
-        ctrl = llr.LLR(model, opt, total_steps=1000)
+        ctrl = llr.LLR(model, opt, total_steps=1000, cfg=llr.LLRConfig(estimator=estimator))
         t0 = time.perf_counter()
         ctrl.step(0)  # a new controller recomputes at its first step
         times.append(time.perf_counter() - t0)
@@ -716,6 +716,13 @@ def cost(args):
               f"official {t_ref:.2f}s, {t_ref / t_ours:.1f}x faster, alphas agree to {rel:.1e}",
               flush=True)
     rows["llr_recompute_under_load"] = recompute_under_load(args.recompute_presets, args.reps)
+    rows["farms_recompute"] = {}
+    for preset in args.recompute_presets:  # the shape-fair alpha: 81 windows a matrix
+        hill, farms = (recompute_seconds(preset, args.reps, e) for e in ("hill", "farms"))
+        rows["farms_recompute"][preset] = {"hill_ms": 1000 * hill, "farms_ms": 1000 * farms,
+                                           "ratio": farms / hill}
+        print(f"one LLR recompute of {preset}: {1000 * hill:.1f} ms with the plain alpha, "
+              f"{1000 * farms:.1f} ms with FARMS ({farms / hill:.1f}x)", flush=True)
     # one recompute inside a real training run of the CPU preset, and its share of training time
     # (LANTON's too)
     steps = 40 if args.quick else 200

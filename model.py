@@ -48,7 +48,8 @@ def pad_vocab(n, multiple=64):
     return multiple * math.ceil(n / multiple)
 
 
-# the paper's sizes (README, Method notes): head_dim 64, GPT-2 vocabulary 50257 padded to 50304
+# the paper's sizes (README, Method notes): head_dim 64; vocab_size is only a default, train.py takes the
+# data's tokenizer's, padded to a multiple of 64 (T5's 32,100 -> 32,128 in the paper's recipe)
 PRESETS = {
     "tiny": ModelConfig(),  # the CPU demo, about 1M parameters, byte vocabulary
     "tiny_gqa": ModelConfig(n_kv_heads=2),  # the same with grouped-query attention (k, v rectangular)

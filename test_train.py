@@ -251,11 +251,11 @@ def test_memory_estimate_matches_the_peak_measured_on_cpu(bf16, memory):
     assert abs((est["total"] - static) / measured.peak - 1) < 0.06, (est, measured.peak)
 
 
-@pytest.mark.parametrize("optimizer, tie", [("adamw", False), ("muon", True)])
+@pytest.mark.parametrize("optimizer, tie", [("adamw", False), ("muon", True), ("lars", False), ("lamb", False)])
 def test_memory_estimate_counts_weights_grads_and_optimizer_state(optimizer, tie):
     """Weights, grads and optimizer state in estimate_memory are the bytes of a real model's after a step:
-    AdamW's two states per parameter; Muon's one momentum per hidden matrix and AdamW's for the rest; a tied
-    embedding once."""
+    AdamW's (and LAMB's) two states per parameter; Muon's one momentum per hidden matrix and AdamW's for the
+    rest; LARS's one momentum; a tied embedding once."""
     cfg = dataclasses.replace(PRESETS["tiny"], tie_embeddings=tie)
     model, idx = LLaMA(cfg), torch.randint(0, cfg.vocab_size, (2, 16))
     opts = T.build_optimizers(model, T.TrainConfig(optimizer=optimizer), fused=False)
@@ -331,6 +331,17 @@ def test_every_evaluation_logs_alphas_and_a_sample(tmp_path, data_dir, capsys):
     assert s["alphas_seconds"] > 0 and 0 < s["samples_fraction"] < 10
     off = T.train(small(tmp_path / "off", data_dir, sample_tokens=0, max_steps=10))
     assert "samples_seconds" not in off and not any('"sample"' in l for l in open(tmp_path / "off" / "out" / "metrics.jsonl"))
+
+
+def test_llr_with_farms_trains_and_logs_farms_alphas(tmp_path, data_dir):
+    """--llr --llr_estimator=farms: the controller's alphas and every evaluation's are the FARMS ones."""
+    cfg = small(tmp_path, data_dir, llr=True, llr_config=llr.LLRConfig(estimator="farms"), sample_tokens=0)
+    s = T.train(cfg)
+    records = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl")]
+    assert s["step"] == 20 and math.isfinite(s["val_loss"])
+    assert records[-1]["alphas"] == pytest.approx(llr.alphas(s["model"], estimator="farms"))
+    first = next(r for r in records if r.get("method") == "llr")
+    assert max(first["alphas"].values()) - min(first["alphas"].values()) < 0.2  # the plain alpha's span ~1
 
 
 def test_resume_is_bitwise_exact(tmp_path, data_dir):
@@ -529,6 +540,7 @@ def test_help_lists_every_field_with_its_default_and_help():
             assert f"--{prefix}{f.name}" in text, f.name
             assert f"(default: {getattr(cfg, f.name)!r})" in text, f.name
     assert "cosine decays to min_lr_ratio * lr (default: 0.1)" in text and "10% of max_steps" in text
+    assert "{adamw,muon,lars,lamb}" in text and "'farms'" in text  # the paper's baselines and FARMS
     assert "recompute every this many steps" in text and "moving average of the squared noise" in text  # nested help
     assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 

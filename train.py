@@ -3,8 +3,8 @@ Train a LLaMA on CPU, one GPU, or many GPUs, with a uniform learning rate or wit
 
     python train.py                                   # CPU demo: tiny model, embedded corpus
     python train.py --llr                             # the same with layerwise learning rates
-    python train.py --preset=llama60m --data=data/fineweb10B --device=cuda
-    torchrun --standalone --nproc_per_node=8 train.py --preset=llama60m --data=data/fineweb10B --llr
+    python train.py --preset=llama60m --data=data/fineweb_t5 --device=cuda   # shards: prepare_fineweb.py
+    torchrun --standalone --nproc_per_node=8 train.py --preset=llama60m --data=data/fineweb_t5 --llr
 """
 
 import dataclasses
