@@ -407,6 +407,7 @@ def studies(args):
     fixed_cadence = lambda tuned: with_llr(tuned, llr_config=FIXED_CADENCE)
     hard = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(ramp=0))
     farms = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(estimator="farms"))
+    farms_mean_one = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(estimator="farms", mean_one=True))
 
     def baselines(parent, base):
         """The paper's layerwise baselines, each with its own LR sweep, read against parent's runs."""
@@ -421,7 +422,7 @@ def studies(args):
                variants={"LLR": with_llr,
                          "uniform at lr=1e-3 (under-tuned)": lambda tuned: dict(lr=1e-3),
                          "LLR at lr=1e-3 (under-tuned)": lambda tuned: with_llr(tuned, lr=1e-3),
-                         "LLR with FARMS": farms})
+                         "LLR with FARMS": farms, "LLR with FARMS, multipliers of mean 1": farms_mean_one})
     yield from baselines("demo", demo)
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR, fixed cadence 40/20": fixed_cadence,
