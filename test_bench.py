@@ -7,6 +7,7 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,6 +139,9 @@ def study_tables(path):
     return tables
 
 
+OTHER_STUDY = re.compile(r"\(`([\w-]+)`\)$")  # a table line that shows another study's row or sweep
+
+
 def test_results_tables_are_the_quality_files():
     """Every study table of RESULTS.md shows its quality file's rows: mean ± s.e., difference and
     significance, speedup, the LR methods' time; each sweep value's loss is a committed run's."""
@@ -151,19 +155,25 @@ def test_results_tables_are_the_quality_files():
             if "running" in line or "queued" in line:
                 continue
             if " sweep, seed" in line[0]:  # values / losses of single runs at seed 1337
-                ref = rows[next(v for v in rows if v.endswith("(tuned)"))]
+                # a baseline's own sweep names its study: "LARS sweep, seed 1337 (`demo-lars`)"
+                swept = other.group(1) if (other := OTHER_STUDY.search(line[0])) else name
+                swept_rows = {r["variant"]: r for r in studies[swept]["rows"]}
+                ref = swept_rows[next(v for v in swept_rows if v.endswith("(tuned)"))]
                 knob = "muon_lr" if "muon_lr" in table[0][1] else "lr"
                 tuned = by_command[ref["commands"][0]][0]["settings"]
                 for value, loss in zip(line[1].split(" / "), line[2].split(" / ")):
                     want = {**tuned, knob: float(value)}
                     found = [r["final_val"] for rs in runs.values() for r in rs
-                             if r["settings"] == want and r["code"] == studies[name]["setup"]["code"]]
+                             if r["settings"] == want and r["code"] == studies[swept]["setup"]["code"]]
                     assert f"{found[0]:.4f}" == loss, (name, value)
                     checked += 1
                 continue
-            row = rows.get(label) or rows.get(f"{label} (tuned)") or next(r for s in studies.values() for r in s["rows"]
-                                          if label.startswith(r["variant"].replace(" (tuned)", ""))
-                                          and r["study"] in label)
+            if other := OTHER_STUDY.search(line[0]):  # a row of another study: "LARS (tuned), 3 seeds (`demo-lars`)"
+                row = next(r for r in studies[other.group(1)]["rows"] if line[0].startswith(r["variant"]))
+            else:
+                row = rows.get(label) or rows.get(f"{label} (tuned)") or next(
+                    r for s in studies.values() for r in s["rows"]
+                    if label.startswith(r["variant"].replace(" (tuned)", "")) and r["study"] in label)
             assert line[2] == f"{row['mean']:.4f} ± {row['se']:.4f}", (name, label)
             if line[3] != "reference":
                 yes = "yes" if row["significant"] else "no"
