@@ -272,8 +272,8 @@ def evaluate(step, model, wrapped, files, cfg, rank, world, amp, enc, seconds):
         dist.all_reduce(loss)
     model.train()
     record, t0 = {"step": step, "val_loss": loss.item() / world}, time.perf_counter()
-    spectra = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
-    record["alphas"] = {n: a if math.isfinite(a) else None for n, a in spectra.items()}
+    alpha = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
+    record["alphas"] = {n: a if math.isfinite(a) else None for n, a in alpha.items()}
     t1 = time.perf_counter()
     seconds["alphas"] += t1 - t0
     if enc:  # from the start of a document, with a generator of its own: the training RNG stays untouched
@@ -391,9 +391,10 @@ def train(cfg):
                         group["lr"] = group["initial_lr"] * mult
                 for name, method in methods.items():
                     info = method.step(step)  # writes group['lr_scale'] on every group
-                    if info:
+                    if info:  # it recomputed: a measurement per layer (LLR: alpha, LANTON: noise), a multiplier
                         metrics.write({"step": step, "method": name, **info})
-                        print0(layer_table(*info.values(), label=next(iter(info))))
+                        label, measured = ("alpha", info["alphas"]) if name == "llr" else ("noise", info["noise"])
+                        print0(layer_table(measured, info["multipliers"], label=label))
                     for optimizer in opts:
                         for group in optimizer.param_groups:
                             group["lr"] *= group["lr_scale"]
