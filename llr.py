@@ -7,8 +7,7 @@ LLR: heavy-tail guided layerwise learning rates (arXiv 2605.22297), plus the Muo
     for step in range(max_steps):
         loss.backward(); info = ctrl.step(step)                       # sets group['lr_scale'] everywhere
         for g in opt.param_groups: g['lr'] = schedule(step) * g['lr_scale']
-        opt.step(); opt.zero_grad()
-        if info: print(llr.layer_table(info['alphas'], info['multipliers']))
+        opt.step(); opt.zero_grad()                                  # info: {'alphas', 'multipliers'}
     llr.alphas(model)                                                 # {name: alpha} of any nn.Module
 
 Sections 1-5 are the paper's steps in its order, each function taking one matrix or a stack of them; the
@@ -50,10 +49,10 @@ def farms_esd(weight, windows=9):
     side min(rows, cols) // 2, `windows` evenly spaced offsets per dimension, ascending. It has no aspect-ratio
     bias: a random matrix's Hill alpha is ~2.11 at any shape (the esd's: ~2.1 square, ~3.1 at 1:2.75).
     One matrix or a stack (B, rows, cols) -> (windows**2 * side,) or (B, windows**2 * side)."""
-    rows, cols = weight.shape[-2:]
-    side = max(1, min(rows, cols) // 2)  # FARMS's LLaMA runs: 2000 of 4096
-    # `windows` offsets from 0 to n - side, evenly spaced (fewer where n - side is small)
-    starts = [sorted({round(i * (n - side) / max(1, windows - 1)) for i in range(windows)}) for n in (rows, cols)]
+    rows_cols = weight.shape[-2:]
+    side = max(1, min(rows_cols) // 2)  # FARMS's LLaMA runs: 2000 of 4096
+    # `windows` offsets from 0 to n - side per dimension, evenly spaced (fewer where n - side is small)
+    starts = [sorted({round(i * (n - side) / max(1, windows - 1)) for i in range(windows)}) for n in rows_cols]
     subs = torch.stack([weight[..., r:r + side, c:c + side] for r in starts[0] for c in starts[1]], -3)
     return esd(subs).flatten(-2).sort(-1).values  # (..., windows**2 * side), pooled
 
@@ -140,8 +139,8 @@ class LLRConfig:
 
 class LLR:
     """Sets group['lr_scale'] = its layer's multiplier on every group of the optimizer(s), by name. Recomputes
-    at the first step() and every `interval` steps while t <= window * total_steps (by default the paper's 60M
-    proportions at any length: every total_steps // 80 steps, ~17 times, ramp half an interval), then freezes."""
+    at the first step() and every `interval` steps while t <= window * total_steps (by default the paper's
+    60M proportions at any length: every total_steps // 80 steps, ~17 times, ramp half an interval)."""
 
     UNSET = (1.0, 1.0, 0)  # the segment of a vector, or of a matrix before its first multiplier: 1
 
@@ -337,28 +336,6 @@ def _map_groups(model, optimizers, key):
                              f"({members}); use one group per parameter, e.g. llr.param_groups(model)")
         key_of[_first(group)] = keys.pop() if keys else None
     return key_of, [(n, p) for n, p in model.named_parameters() if id(p) in held]
-
-
-# ---- console table ----
-
-LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("gate", "gate_proj"),
-               ("up", "up_proj"), ("down", "down_proj"), ("embed", "embed_tokens"), ("head", "lm_head")]
-
-
-def layer_table(values, multipliers, label="alpha"):
-    """One row per layer type (q, k, v, ... from the parameter name): mean, min and max over depth of a
-    per-layer statistic ({name: value}; `label`: alpha, or LANTON's noise) and of the multiplier."""
-    def stats(xs):  # mean, min and max over depth, or dashes where this type has no value
-        return f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}" if xs else f"{'-':>11} {'-':>7} {'-':>7}"
-
-    kind = {n: next((t for t, key in LAYER_TYPES if key in n), "other") for n in [*values, *multipliers]}
-    lines = [f"{'layer':<6} {'n':>3} | {label[:6] + ' mean':>11} {'min':>7} {'max':>7} | "
-             f"{'mult mean':>11} {'min':>7} {'max':>7}"]
-    for t in [t for t, _ in LAYER_TYPES] + ["other"]:
-        a, m = ([float(v) for n, v in d.items() if kind[n] == t] for d in (values, multipliers))
-        if a or m:
-            lines.append(f"{t:<6} {max(len(a), len(m)):>3} | {stats(a)} | {stats(m)}")
-    return "\n".join(lines)
 
 
 # ---- measuring many matrices at once: one call per shape, the work shared over DDP ranks ----

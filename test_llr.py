@@ -17,7 +17,8 @@ from torch import nn
 import llr
 from conftest import run_ddp, with_spectrum
 from lanton import LANTON
-from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, layer_table, orthogonalize, param_groups
+from common import layer_table
+from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, orthogonalize, param_groups
 
 
 def randn(*shape, seed=0, std=1.0):

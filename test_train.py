@@ -649,7 +649,7 @@ def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, 
     assert infos["llr"] and infos["lanton"]
     assert out.count("alpha mean") == len(infos["llr"]) and out.count("noise mean") == len(infos["lanton"])
     for label, measured, info in [("alpha", "alphas", infos["llr"][-1]), ("noise", "noise", infos["lanton"][-1])]:
-        assert llr.layer_table(info[measured], info["multipliers"], label=label) in out
+        assert T.layer_table(info[measured], info["multipliers"], label=label) in out
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

@@ -21,11 +21,11 @@ import torch.distributed as dist
 
 import cli
 from cli import UsageError, nested, opt
-from common import (Metrics, compute_cleanup, compute_init, device_type, load_checkpoint, peak_flops, print0,
-                    run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
+from common import (Metrics, compute_cleanup, compute_init, device_type, layer_table, load_checkpoint,
+                    peak_flops, print0, run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
 from baselines import LAMB, LARS, blockwise_ratio
 from lanton import LANTON, LANTONConfig
-from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
+from llr import LLR, LLRConfig, Muon, alphas, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
 from prepare_fineweb import build_corpus, decode, list_shards, meta_tokenizer, read_meta, read_shard
 
@@ -391,10 +391,10 @@ def train(cfg):
                         group["lr"] = group["initial_lr"] * mult
                 for name, method in methods.items():
                     info = method.step(step)  # writes group['lr_scale'] on every group
-                    if info:  # it recomputed: a measurement per layer (LLR: alpha, LANTON: noise), a multiplier
+                    if info:  # it recomputed: per layer a measurement (LLR: alpha, LANTON: noise), a multiplier
                         metrics.write({"step": step, "method": name, **info})
-                        label, measured = ("alpha", info["alphas"]) if name == "llr" else ("noise", info["noise"])
-                        print0(layer_table(measured, info["multipliers"], label=label))
+                        label, key = ("alpha", "alphas") if name == "llr" else ("noise", "noise")
+                        print0(layer_table(info[key], info["multipliers"], label=label))
                     for optimizer in opts:
                         for group in optimizer.param_groups:
                             group["lr"] *= group["lr_scale"]
