@@ -1,6 +1,6 @@
 """
 LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Muon or AdamW. It reuses
-llr.py's plumbing: parameter roles, optimizer-group mapping, the nuclear norm, sharing over ranks.
+llr.py's plumbing: parameter roles, optimizer-group mapping, esd (for the nuclear norm), sharing over ranks.
 
     import llr, lanton
     ctrl = lanton.LANTON(model, [muon, adamw])   # optimizers built on llr.param_groups(model)

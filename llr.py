@@ -49,6 +49,8 @@ def farms_esd(weight, windows=9):
     side min(rows, cols) // 2, `windows` evenly spaced offsets per dimension, ascending. It has no aspect-ratio
     bias: a random matrix's Hill alpha is ~2.11 at any shape (the esd's: ~2.1 square, ~3.1 at 1:2.75).
     One matrix or a stack (B, rows, cols) -> (windows**2 * side,) or (B, windows**2 * side)."""
+    if weight.ndim < 2:
+        raise ValueError(f"farms_esd needs a matrix, got shape {tuple(weight.shape)}")
     rows_cols = weight.shape[-2:]
     side = max(1, min(rows_cols) // 2)  # FARMS's LLaMA runs: 2000 of 4096
     # `windows` offsets from 0 to n - side per dimension, evenly spaced (fewer where n - side is small)
@@ -140,7 +142,8 @@ class LLRConfig:
 class LLR:
     """Sets group['lr_scale'] = its layer's multiplier on every group of the optimizer(s), by name. Recomputes
     at the first step() and every `interval` steps while t <= window * total_steps (by default the paper's
-    60M proportions at any length: every total_steps // 80 steps, ~17 times, ramp half an interval)."""
+    60M proportions at any length: every total_steps // 80 steps, ~17 times, ramp half an interval), then
+    freezes; a ramp in flight finishes. Embedding and head get r_max (1 with embed_head='one'), vectors 1."""
 
     UNSET = (1.0, 1.0, 0)  # the segment of a vector, or of a matrix before its first multiplier: 1
 
