@@ -101,9 +101,9 @@ def alpha_to_multipliers(alpha, r_min=1.0, r_max=3.0):
 # ---- 4. switching: how a layer moves to its new multiplier ----
 
 def switching(t, start, target, t0, ramp):
-    """The multiplier at step t of a layer sent at step t0 from `start` to `target` (METHOD.md#4-when-window-
-    and-switching). Soft switching: m(t) = start + (target - start) min(1, (t - t0) / ramp), exactly the
-    target from t0 + ramp on; ramp = 0 is hard switching, m(t) = target at once."""
+    """The multiplier at step t of a layer that a recompute at step t0 sent from `start` to `target` (METHOD.md,
+    section 4). Soft switching: m(t) = start + (target - start) min(1, (t - t0) / ramp), exactly the target
+    from t0 + ramp on; ramp = 0 is hard switching, m(t) = target at once."""
     k = t - t0
     if ramp == 0 or k >= ramp:
         return target  # exactly, not start + (target - start) * 1.0
@@ -130,11 +130,12 @@ class LLRConfig:
                                   "shape-fair (arXiv 2506.06280)")
 
     def __post_init__(self):  # one ValueError, naming the first bad field
-        for name, ok, need in [("interval", self.interval >= 0, ">= 0"), ("ramp", self.ramp >= -1, ">= -1"),
-                               ("window", 0 <= self.window <= 1, "in [0, 1]"), ("xmin_pos", self.xmin_pos > 1,
-                               "> 1"), ("r_min", 0 < self.r_min <= self.r_max, f"in (0, r_max = {self.r_max}]"),
-                               ("embed_head", self.embed_head in ("rmax", "one"), "'rmax' or 'one'"),
-                               ("estimator", self.estimator in ("hill", "farms"), "'hill' or 'farms'")]:
+        rules = [("interval", self.interval >= 0, ">= 0"), ("ramp", self.ramp >= -1, ">= -1"),
+                 ("window", 0 <= self.window <= 1, "in [0, 1]"), ("xmin_pos", self.xmin_pos > 1, "> 1"),
+                 ("r_min", 0 < self.r_min <= self.r_max, f"in (0, r_max = {self.r_max}]"),
+                 ("embed_head", self.embed_head in ("rmax", "one"), "'rmax' or 'one'"),
+                 ("estimator", self.estimator in ("hill", "farms"), "'hill' or 'farms'")]
+        for name, ok, need in rules:
             if not ok:
                 raise ValueError(f"LLRConfig.{name} must be {need}, got {getattr(self, name)!r}")
 
