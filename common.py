@@ -1,7 +1,8 @@
 """
 The plumbing around a training run, kept out of train.py so that the loop reads on its own: the processes
 (one, or one per device under torchrun), checkpoints that resume a run exactly, metrics.jsonl and wandb,
-the run's first record, and the signals that end a run with a checkpoint.
+the run's first record, the console's table of per-layer multipliers, and the signals that end a run
+with a checkpoint.
 
     rank, world, device = compute_init(cfg)       # torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or one process
     save_checkpoint(out_dir, state, device, step=step)  # state: {key: obj with state_dict(), or a list}
@@ -69,6 +70,29 @@ def compute_cleanup():
 def print0(*args):
     if int(os.environ.get("RANK", 0)) == 0:  # torchrun sets RANK: the console shows one copy of each line
         print(*args, flush=True)
+
+
+LAYER_TYPES = [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("gate", "gate_proj"),
+               ("up", "up_proj"), ("down", "down_proj"), ("embed", "embed_tokens"), ("head", "lm_head")]
+
+
+def layer_table(values, multipliers, label="alpha"):
+    """The console's table at a recompute of a layerwise method: one row per layer type (q, k, v, ... from the
+    parameter name), mean, min and max over depth of a per-layer measurement ({name: value}; `label`: LLR's
+    alpha, LANTON's noise) and of the multiplier."""
+    def stats(xs):  # mean, min and max over depth, or dashes where this type has no value
+        if not xs:
+            return f"{'-':>11} {'-':>7} {'-':>7}"
+        return f"{sum(xs) / len(xs):11.3f} {min(xs):7.3f} {max(xs):7.3f}"
+
+    kind = {n: next((t for t, key in LAYER_TYPES if key in n), "other") for n in [*values, *multipliers]}
+    lines = [f"{'layer':<6} {'n':>3} | {label[:6] + ' mean':>11} {'min':>7} {'max':>7} | "
+             f"{'mult mean':>11} {'min':>7} {'max':>7}"]
+    for t in [t for t, _ in LAYER_TYPES] + ["other"]:
+        a, m = ([float(v) for n, v in d.items() if kind[n] == t] for d in (values, multipliers))
+        if a or m:
+            lines.append(f"{t:<6} {max(len(a), len(m)):>3} | {stats(a)} | {stats(m)}")
+    return "\n".join(lines)
 
 
 # ---- checkpoints ----

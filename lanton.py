@@ -1,6 +1,6 @@
 """
 LANTON: noise-adaptive layerwise learning rates (arXiv 2510.14009), on top of Muon or AdamW. It reuses
-llr.py's plumbing: parameter roles, optimizer-group mapping, the nuclear norm, sharing over ranks.
+llr.py's plumbing: parameter roles, optimizer-group mapping, esd (for the nuclear norm), sharing over ranks.
 
     import llr, lanton
     ctrl = lanton.LANTON(model, [muon, adamw])   # optimizers built on llr.param_groups(model)
@@ -17,11 +17,18 @@ from dataclasses import dataclass
 
 import torch
 
-from llr import _first, _groups, _map_groups, _opt, batched_over_ranks, nuclear_norm, roles
+from llr import _first, _groups, _map_groups, _opt, batched_over_ranks, esd, roles
 
 # the paper's three layer families (Table 1; it says "groups", a word kept here for optimizer param groups):
 # multipliers are relative to the least noisy layer of the family
 FAMILY = {"hidden": "hidden", "embed": "embed_head", "head": "embed_head", "vector": "vector"}
+
+
+def nuclear_norm(x):
+    """Sum of singular values of each matrix of a stack (the hidden layers' dual norm), through llr.esd. In
+    float64: a square root turns float32's ~1e-7 * max rounding of zero eigenvalues into ~3e-4 * max per zero
+    singular value."""
+    return esd(x, torch.float64).sqrt().sum(-1)
 
 
 def _hidden_noise(grads, prevs):  # (B, rows, cols) each: sqrt(d_out / d_in) * nuclear norm (Table 1)
@@ -105,18 +112,18 @@ class LANTON:
         return {"noise": dict(accepted),
                 "multipliers": {name: self.mult.get(name, 1.0) for name, _, _ in self.layers}}
 
-    def step(self, step):
+    def step(self, t):
         """Call once per training step after backward (and clipping), before the optimizer step. Reads
         p.grad, never writes it. Returns {'noise', 'multipliers'} on steps that measured, else None."""
-        t0 = time.perf_counter()
-        info = self._refresh() if self.prev is not None and self.prev_step == step - 1 else None
+        clock = time.perf_counter()
+        info = self._refresh() if self.prev is not None and self.prev_step == t - 1 else None
         self.prev = None  # used or stale: the copy lives one step only
-        if (step + 1) % self.cfg.every == 0:  # the next step measures: keep this gradient
+        if (t + 1) % self.cfg.every == 0:  # the next step measures: keep this gradient
             self.prev = {n: p.grad.detach().clone() for n, p, _ in self.layers if p.grad is not None}
-            self.prev_step = step
+            self.prev_step = t
         for group in _groups(self.optimizers):
             group["lr_scale"] = self.mult.get(self.key_of[_first(group)], 1.0)
-        self.seconds += time.perf_counter() - t0
+        self.seconds += time.perf_counter() - clock
         return info
 
     def state_dict(self):

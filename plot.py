@@ -180,7 +180,7 @@ def draw_decision(ax, record, r_min, r_max):
     """LLR's decision at one recompute: every matrix's alpha against the multiplier it was given, by layer
     type; the block matrices lie on the linear map from (alpha_min, r_min) to (alpha_max, r_max), embedding
     and head sit at r_max (or 1) whatever their alpha."""
-    from llr import LAYER_TYPES
+    from common import LAYER_TYPES
     points = {}
     for name, m in record["multipliers"].items():
         kind = next((k for k, key in LAYER_TYPES if key in name), "other")

@@ -16,7 +16,7 @@ import lanton
 import llr
 from conftest import run_ddp, with_spectrum
 from lanton import LANTON, LANTONConfig
-from llr import nuclear_norm
+from lanton import nuclear_norm
 
 # ---- the nuclear norm ----
 

@@ -17,7 +17,8 @@ from torch import nn
 import llr
 from conftest import run_ddp, with_spectrum
 from lanton import LANTON
-from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, layer_table, orthogonalize, param_groups
+from common import layer_table
+from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, orthogonalize, param_groups
 
 
 def randn(*shape, seed=0, std=1.0):
@@ -99,7 +100,7 @@ def test_esd_matches_float64_singular_values(shape):
     w = randn(*shape, seed=3)
     e = esd(w)
     ref = torch.linalg.svdvals(w.double()).flip(0) ** 2  # ascending
-    assert e.dtype == torch.float32 and e.shape == (min(shape),) and e.device == w.device
+    assert e.dtype == torch.float64 and e.shape == (min(shape),) and e.device == w.device
     assert torch.all(e[1:] >= e[:-1]) and torch.all(e >= 0)
     torch.testing.assert_close(e.double(), ref, rtol=1e-5, atol=1e-6 * ref.max().item())
 
@@ -115,12 +116,12 @@ def spiky(rows, cols, seed):
 def test_fast_route_alpha_matches_svdvals_reference(shape):
     for w in [randn(*shape, seed=5, std=0.02), spiky(*shape, seed=7)]:
         assert hill_alpha(esd(w)) == pytest.approx(ref_alpha(w), rel=1e-4)
-    # batched path: a stack of same-shape matrices in one call, each row as if alone
+    # a stack of same-shape matrices in one call (the controller's route), each row as if alone
     stack = torch.stack([randn(*shape, seed=s, std=0.02) for s in range(3)] + [spiky(*shape, seed=9)])
-    alphas = llr._hill(llr._gram_eigs(stack))
-    assert alphas.shape == (4,)
-    for a, w in zip(alphas.tolist(), stack):
-        assert a == pytest.approx(ref_alpha(w), rel=1e-4)
+    alpha = hill_alpha(esd(stack))
+    assert alpha.shape == (4,)
+    for a, w in zip(alpha.tolist(), stack):
+        assert a == pytest.approx(ref_alpha(w), rel=1e-4) and a == pytest.approx(hill_alpha(esd(w)), rel=1e-12)
     torch.testing.assert_close(esd(stack)[1], esd(stack[1]))
 
 
@@ -250,11 +251,12 @@ class TinyLM(nn.Module):
         return self.lm_head
 
 
-def scripted(ctrl, script):
-    """Make the controller see the alphas script[step] (a list over analysed layers) when it measures."""
+def scripted(monkeypatch, ctrl, script):
+    """Make the controller see the alphas script[step] (a list over its matrices, which are all analysed) when
+    it measures: the measuring section returns them instead of running the alpha function it is given."""
+    assert ctrl.analysed == [n for n, _ in ctrl.measured]
     state = {"step": 0}
-    names = ctrl.analysed
-    ctrl._measure = lambda: dict(zip(names, script[state["step"]]))
+    monkeypatch.setattr(llr, "batched_over_ranks", lambda jobs: list(script[state["step"]]))
     return state
 
 
@@ -275,9 +277,9 @@ def three_layer_ctrl(**cfg):
     return ctrl, [i for i, g in enumerate(llr._groups(ctrl.optimizers)) if g["params"][0].ndim == 2]
 
 
-def test_soft_switching_exact_values():
+def test_soft_switching_exact_values(monkeypatch):
     ctrl, mats = three_layer_ctrl(interval=4, ramp=2, window=0.1, r_min=1.0, r_max=3.0)
-    state = scripted(ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [3.0, 2.0, 1.0]})
+    state = scripted(monkeypatch, ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [3.0, 2.0, 1.0]})
     got = [[row[i] for i in mats] for row in run(ctrl, state, range(10))]
     assert got[0] == [1.0, 2.0, 3.0]  # first assignment is hard
     assert got[1] == got[2] == got[3] == [1.0, 2.0, 3.0]
@@ -288,19 +290,19 @@ def test_soft_switching_exact_values():
     assert biases == [1.0, 1.0, 1.0]
 
 
-def test_hard_switching_exact_values():
+def test_hard_switching_exact_values(monkeypatch):
     ctrl, mats = three_layer_ctrl(interval=4, ramp=0, window=0.1)
-    state = scripted(ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [2.0, 2.0, 2.0]})
+    state = scripted(monkeypatch, ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [2.0, 2.0, 2.0]})
     got = [[row[i] for i in mats] for row in run(ctrl, state, range(10))]
     assert got[:4] == [[1.0, 2.0, 3.0]] * 4
     assert got[4:8] == [[3.0, 2.0, 1.0]] * 4
     assert got[8:] == [[3.0, 3.0, 3.0]] * 2  # all equal -> r_max
 
 
-def test_ramp_longer_than_interval_and_window_freeze():
+def test_ramp_longer_than_interval_and_window_freeze(monkeypatch):
     # recomputes at 0, 4, 8 (window 0.1 * 100 = 10); ramp 8 > interval 4; the last ramp outlives the window
     ctrl, mats = three_layer_ctrl(interval=4, ramp=8, window=0.1)
-    state = scripted(ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [1.0, 3.0, 2.0]})
+    state = scripted(monkeypatch, ctrl, {0: [1.0, 2.0, 3.0], 4: [3.0, 2.0, 1.0], 8: [1.0, 3.0, 2.0]})
     infos = {}
     for s in range(20):
         state["step"] = s
@@ -317,6 +319,41 @@ def test_ramp_longer_than_interval_and_window_freeze():
     assert v[16] == v[19] == [1.0, 3.0, 2.0]  # the window closed at 10 but the ramp finished
     assert infos[8]["multipliers"] == dict(zip(ctrl.analysed, [1.0, 3.0, 2.0]))
     assert ctrl.step(40) is None  # frozen: on an interval step past the window nothing is recomputed
+
+
+@pytest.mark.parametrize("estimator", ["hill", "farms"])
+def test_llr_step_runs_the_documented_functions(monkeypatch, estimator):
+    """LLR.step is the paper's steps through the public functions a reader is shown: esd (or farms_esd, which
+    pools esd's of windows), hill_alpha, alpha_to_multipliers, switching. Wrapped, each is called, on stacks
+    of same-shape matrices, and what hill_alpha returns is what the controller logs and maps."""
+    model = TinyLM()
+    plain = llr.alphas(model, estimator=estimator)  # the same functions, unwrapped
+    calls = {name: [] for name in ["esd", "farms_esd", "hill_alpha", "alpha_to_multipliers", "switching"]}
+
+    def wrap(name, change=lambda out: out):
+        real = getattr(llr, name)
+        monkeypatch.setattr(llr, name, lambda *a, **kw: change((calls[name].append(a[0]), real(*a, **kw))[1]))
+
+    for name in ["esd", "farms_esd", "alpha_to_multipliers", "switching"]:
+        wrap(name)
+    wrap("hill_alpha", lambda alpha: alpha + 100.0)  # marked, to see it is these numbers that are used
+    info = LLR(model, torch.optim.SGD(param_groups(model), lr=0.1), total_steps=10,
+               cfg=LLRConfig(estimator=estimator)).step(0)
+    matrices = {n: p for n, p in model.named_parameters() if p.ndim == 2}
+    assert sum(len(stack) for stack in calls["hill_alpha"]) == len(matrices)  # every matrix once, as stacks
+    assert len(calls["hill_alpha"]) == len({p.shape for p in matrices.values()})  # one call per shape
+    assert len(calls["farms_esd" if estimator == "farms" else "esd"]) == len(calls["hill_alpha"])
+    assert len(calls["esd"]) == len(calls["hill_alpha"])  # farms_esd: one esd of all the windows of a stack
+    assert info["alphas"] == {n: a + 100.0 for n, a in plain.items()}
+    assert calls["alpha_to_multipliers"] == [{n: info["alphas"][n] for n in matrices if "proj" in n}]
+    assert len(calls["switching"]) >= len(param_groups(model))  # every group's lr_scale
+
+
+def test_switching_exact_values():
+    """switching(t, start, target, t0, ramp): linear from start at t0 to target at t0 + ramp, exactly."""
+    assert [llr.switching(t, 1.0, 3.0, 10, 4) for t in range(9, 16)] == [1.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0]
+    assert llr.switching(10, 1.0, 3.0, 10, 0) == 3.0  # hard switching
+    assert llr.switching(12, 0.3, 0.7, 10, 4) == 0.3 + (0.7 - 0.3) * 2 / 4
 
 
 def test_default_cadence_is_the_papers_proportions():
@@ -341,20 +378,20 @@ def test_mean_one_keeps_allocation_without_extra_lr():
     assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-12) and min(ratio.values()) < 1
 
 
-def test_resume_mid_ramp_is_exact(tmp_path):
+def test_resume_mid_ramp_is_exact(tmp_path, monkeypatch):
     script = {s: [1.0 + (s % 3), 2.0 + math.sin(s), 3.0 - s / 10] for s in range(0, 40, 4)}
     cfg = dict(interval=4, ramp=6, window=0.3)  # recomputes at 0, 4, 8, ...; ramps always in flight
     ctrl, _ = three_layer_ctrl(**cfg)
-    st = scripted(ctrl, script)
+    st = scripted(monkeypatch, ctrl, script)
     full = run(ctrl, st, range(30))
 
     ctrl1, _ = three_layer_ctrl(**cfg)
-    st1 = scripted(ctrl1, script)
+    st1 = scripted(monkeypatch, ctrl1, script)
     first = run(ctrl1, st1, range(11))  # stop after step 10: in the middle of the ramp started at 8
     torch.save({"llr": ctrl1.state_dict()}, tmp_path / "ckpt.pt")
     ctrl2, _ = three_layer_ctrl(**cfg)
     ctrl2.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["llr"])
-    st2 = scripted(ctrl2, script)
+    st2 = scripted(monkeypatch, ctrl2, script)
     assert first + run(ctrl2, st2, range(11, 30)) == full  # bitwise: same floats every step
 
 
@@ -365,7 +402,7 @@ def test_degenerate_layer_keeps_multiplier_and_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ctrl.step(0)  # healthy init: no warning
-    before = {n: ctrl.multiplier(n, 0) for n in ctrl.analysed}
+    before = {g["name"]: g["lr_scale"] for g in opt.param_groups if g["name"] in ctrl.analysed}
     with torch.no_grad():
         model[0].weight.zero_()
         model[2].weight.copy_(torch.eye(32))  # flat spectrum
@@ -488,8 +525,8 @@ def ddp_run():
 
 def _ddp_worker(rank, world, out_dir):
     seen = []
-    eig = llr._gram_eigs
-    llr._gram_eigs = lambda w: (seen.append(w.shape[0]), eig(w))[1]
+    eig = llr.esd
+    llr.esd = lambda w, *a: (seen.append(w.shape[0]), eig(w, *a))[1]
     infos, ctrl = ddp_run()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump({"infos": infos, "scales": [g["lr_scale"] for g in llr._groups(ctrl.optimizers)], "decomposed": sum(seen)}, f)

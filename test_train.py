@@ -615,16 +615,18 @@ def test_llr_learning_rates_reach_the_optimizer(tmp_path, data_dir, monkeypatch)
     assert min(mats) == pytest.approx(base) and max(mats) == pytest.approx(3 * base)
 
 
-def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, data_dir, monkeypatch):
+def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, data_dir, monkeypatch, capsys):
     """--optimizer=muon --llr --lanton: at every step, each group's lr is its optimizer's peak (--lr for AdamW,
-    --muon_lr for Muon) x warmup/cosine computed here by hand x LLR's multiplier x LANTON's multiplier."""
-    scales, lrs = {"llr": [], "lanton": []}, []
+    --muon_lr for Muon) x warmup/cosine computed here by hand x LLR's multiplier x LANTON's multiplier. The
+    console shows each recompute's table: LLR's alphas, LANTON's noise, each with its multipliers."""
+    scales, lrs, infos = {"llr": [], "lanton": []}, [], {"llr": [], "lanton": []}
 
     def spy_controller(cls, label):
         real = cls.step
         def step(self, s):
             info = real(self, s)
             scales[label].append({g["name"]: g["lr_scale"] for o in self.optimizers for g in o.param_groups})
+            infos[label] += [info] if info else []
             return info
         monkeypatch.setattr(cls, "step", step)
 
@@ -655,6 +657,11 @@ def test_every_group_lr_is_peak_times_schedule_times_both_multipliers(tmp_path, 
     # both methods really act: LLR spreads multipliers over [1, 3], LANTON lowers noisy layers below 1
     assert {round(v, 6) for v in scales["llr"][-1].values()} > {1.0, 3.0}
     assert min(scales["lanton"][-1][n] for n in muon_names) < 0.9
+    out = capsys.readouterr().out
+    assert infos["llr"] and infos["lanton"]
+    assert out.count("alpha mean") == len(infos["llr"]) and out.count("noise mean") == len(infos["lanton"])
+    for label, measured, info in [("alpha", "alphas", infos["llr"][-1]), ("noise", "noise", infos["lanton"][-1])]:
+        assert T.layer_table(info[measured], info["multipliers"], label=label) in out
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

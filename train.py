@@ -21,11 +21,11 @@ import torch.distributed as dist
 
 import cli
 from cli import UsageError, nested, opt
-from common import (Metrics, compute_cleanup, compute_init, device_type, load_checkpoint, peak_flops, print0,
-                    run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
+from common import (Metrics, compute_cleanup, compute_init, device_type, layer_table, load_checkpoint,
+                    peak_flops, print0, run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
 from baselines import LAMB, LARS, blockwise_ratio
 from lanton import LANTON, LANTONConfig
-from llr import LLR, LLRConfig, Muon, alphas, layer_table, param_groups, roles
+from llr import LLR, LLRConfig, Muon, alphas, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
 from prepare_fineweb import build_corpus, decode, list_shards, meta_tokenizer, read_meta, read_shard
 
@@ -272,8 +272,8 @@ def evaluate(step, model, wrapped, files, cfg, rank, world, amp, enc, seconds):
         dist.all_reduce(loss)
     model.train()
     record, t0 = {"step": step, "val_loss": loss.item() / world}, time.perf_counter()
-    spectra = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
-    record["alphas"] = {n: a if math.isfinite(a) else None for n, a in spectra.items()}
+    alpha = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
+    record["alphas"] = {n: a if math.isfinite(a) else None for n, a in alpha.items()}
     t1 = time.perf_counter()
     seconds["alphas"] += t1 - t0
     if enc:  # from the start of a document, with a generator of its own: the training RNG stays untouched
@@ -391,9 +391,10 @@ def train(cfg):
                         group["lr"] = group["initial_lr"] * mult
                 for name, method in methods.items():
                     info = method.step(step)  # writes group['lr_scale'] on every group
-                    if info:
+                    if info:  # it recomputed: per layer a measurement (LLR: alpha, LANTON: noise), a multiplier
                         metrics.write({"step": step, "method": name, **info})
-                        print0(layer_table(*info.values(), label=next(iter(info))))
+                        label, key = ("alpha", "alphas") if name == "llr" else ("noise", "noise")
+                        print0(layer_table(info[key], info["multipliers"], label=label))
                     for optimizer in opts:
                         for group in optimizer.param_groups:
                             group["lr"] *= group["lr_scale"]
