@@ -40,6 +40,16 @@ def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):  # Windows: 
         assert first and second
 
 
+@pytest.mark.parametrize("argv", [["--seeds=0"], ["--sweep_seeds=0"], ["--steps=-1"], ["--compile=2"], ["--studies=tiny-adamx"]])
+def test_bad_flags_are_one_line_before_any_work(argv, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "sections", lambda args: pytest.fail("bad flags reached the benchmark"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["quality", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("bench.py: error:") and len(err.strip().splitlines()) == 1, err
+    assert argv[0].split("=")[0] in err, err
+
+
 def test_steps_to_reach_interpolates_between_evaluations():
     curve = [(0, 3.0), (10, 2.0), (20, 1.0)]
     assert bench.steps_to_reach(curve, 1.5) == 15 and bench.steps_to_reach(curve, 0.5) is None

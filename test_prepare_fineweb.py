@@ -474,6 +474,9 @@ def test_error_bad_number_on_the_command_line():
     (["--shards", "0"], ["--shards"]),
     (["--workers", "1.5"], ["--workers"]),
     (["--shard_size", "3e9"], ["2^31"]),
+    (["--shard_size", "0"], ["--shard_size"]),
+    (["--max_tokens", "0.5"], ["--max_tokens"]),
+    (["--workers", "0"], ["--workers"]),
 ])
 def test_error_bad_numeric_args(argv, words, capsys):
     with pytest.raises(SystemExit) as e:

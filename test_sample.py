@@ -85,6 +85,14 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
     one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load")
 
 
+@pytest.mark.parametrize("argv", [["--num_samples=0"], ["--max_new_tokens=0"], ["--temperature=-0.5"], ["--temperature=inf"],
+                                  ["--top_k=-1"], ["--seed=-1"], [f"--seed={2**64}"], ["--device=tpu"]])
+def test_every_bad_value_names_its_option(argv):
+    with pytest.raises(sample.UsageError, match=argv[0].split("=")[0]) as e:
+        sample.parse_args(argv)
+    assert "\n" not in str(e.value)
+
+
 def test_a_checkpoint_is_read_without_the_training_code(run, tmp_path, capsys):
     """sample.py reads a run with cli.py, model.py and prepare_fineweb.py: train.py is never imported,
     and a file that is no checkpoint of train.py is a one-line error."""

@@ -469,12 +469,11 @@ def test_sigterm_writes_checkpoint(tmp_path, data_dir):
 
 
 def test_cli_bad_input_exits_2(tmp_path, data_dir):
-    for args, needle in [(["--nope=1"], "unrecognized arguments: --nope=1"), (["--max_steps=abc"], "--max_steps: invalid int value: 'abc'"),
-                         (["--max_steps=-5"], "--max_steps must be positive"), (["--optimizer=sgd"], "--optimizer: invalid choice: 'sgd'"),
-                         (["--llr_ramp=-2"], "ramp"), (["--data=/nonexistent"], "--data=/nonexistent"),
+    """As a user runs it: one line on stderr, no traceback, exit status 2; every other value that is out of
+    range is in test_every_bad_value_is_one_line_naming_its_option."""
+    for args, needle in [(["--nope=1"], "unrecognized arguments: --nope=1"), (["--max_steps=-5"], "--max_steps must be positive"),
                          (["--total_batch_tokens=1000", f"--data={data_dir}"], "--total_batch_tokens"),
-                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume"),
-                         (["--loss_chunk=-1"], "--loss_chunk must be >= 0")]:
+                         (["--resume", f"--out_dir={tmp_path}/none", f"--data={data_dir}"], "--resume")]:
         r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -484,6 +483,50 @@ def test_cli_bad_input_exits_2(tmp_path, data_dir):
     (bad / "x_val_000000.bin").write_bytes(b"garbage!" * 1000)
     r = run_cli(f"--data={bad}", f"--out_dir={tmp_path}/o")
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+# every option with a range, and the options that exclude each other: (argv, the option the error names)
+BAD_VALUES = [
+    (["--max_steps=abc"], "--max_steps: invalid int value"), (["--optimizer=sgd"], "--optimizer: invalid choice"),
+    (["--preset=huge"], "--preset: invalid choice"), (["--muon_adjust_lr=auto"], "--muon_adjust_lr: invalid choice"),
+    (["--device=tpu"], "--device: invalid choice"), (["--dtype=float16"], "--dtype: invalid choice"),
+    (["--max_steps=0"], "--max_steps"), (["--batch_size=0"], "--batch_size"), (["--seq_len=-1"], "--seq_len"),
+    (["--eval_steps=0"], "--eval_steps"), (["--log_interval=0"], "--log_interval"), (["--lr=0"], "--lr"),
+    (["--lr=nan"], "--lr"), (["--muon_lr=-0.02"], "--muon_lr"), (["--embed_head_lr=0"], "--embed_head_lr"),
+    (["--embed_head_lr=-3"], "--embed_head_lr"), (["--total_batch_tokens=-1"], "--total_batch_tokens"),
+    (["--weight_decay=-0.1"], "--weight_decay"), (["--weight_decay=nan"], "--weight_decay"),
+    (["--grad_clip=-1"], "--grad_clip"), (["--grad_clip=nan"], "--grad_clip"), (["--eval_interval=-1"], "--eval_interval"),
+    (["--stop_after=-1"], "--stop_after"), (["--sample_tokens=-1"], "--sample_tokens"), (["--loss_chunk=-1"], "--loss_chunk"),
+    (["--seed=-1"], "--seed"), ([f"--seed={2**64}"], "--seed"), (["--beta1=1"], "--beta1"), (["--beta2=-0.1"], "--beta2"),
+    (["--min_lr_ratio=1.5"], "--min_lr_ratio"), (["--warmup_steps=10", "--max_steps=10"], "--warmup_steps=10"),
+    (["--warmup_steps=-2"], "--warmup_steps"), (["--data=/nonexistent"], "--data=/nonexistent"),
+    (["--blockwise", "--optimizer=muon"], "--blockwise"), (["--blockwise", "--optimizer=lamb"], "--blockwise"),
+    (["--blockwise", "--llr"], "--blockwise"), (["--blockwise", "--lanton"], "--blockwise"),
+    (["--blockwise", "--embed_head_lr=3"], "--blockwise"),
+    (["--llr_interval=-1"], "--llr_interval"), (["--llr_ramp=-2"], "--llr_ramp"), (["--llr_window=1.5"], "--llr_window"),
+    (["--llr_window=nan"], "--llr_window"), (["--llr_r_min=0"], "--llr_r_min"), (["--llr_r_min=4"], "--llr_r_max"),
+    (["--llr_xmin_pos=1"], "--llr_xmin_pos"), (["--llr_embed_head=zero"], "--llr_embed_head"),
+    (["--llr_estimator=svd"], "--llr_estimator"), (["--llr_mean_one=maybe"], "--llr_mean_one"),
+    (["--lanton_every=0"], "--lanton_every"), (["--lanton_beta2=1"], "--lanton_beta2"), (["--lanton_eps=0"], "--lanton_eps"),
+    pytest.param(["--device=cuda"], "--device=cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+]
+
+
+@pytest.mark.parametrize("argv, option", BAD_VALUES, ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_every_bad_value_is_one_line_naming_its_option(tmp_path, argv, option):
+    """Refused before any work, in a UsageError of one line that names the option (main() prints it and
+    exits 2: test_cli_bad_input_exits_2)."""
+    with pytest.raises(T.UsageError) as e:
+        T.resolve(T.parse_args([*argv, f"--out_dir={tmp_path}/o"]))
+    assert option in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_total_batch_tokens_must_be_whole_steps_of_every_process():
+    cfg = T.TrainConfig(batch_size=4, seq_len=32, total_batch_tokens=384)
+    assert T.step_tokens(cfg, 1) == (384, 3)
+    with pytest.raises(T.UsageError, match="--total_batch_tokens=384 must be a multiple of .*=256"):
+        T.step_tokens(cfg, 2)
 
 
 def test_memory_flags_reach_the_model_and_train_as_the_plain_run(tmp_path, data_dir):
