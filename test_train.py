@@ -344,6 +344,21 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir):
     assert loss(tmp_path / "a") == loss(tmp_path / "b")
 
 
+def test_dtype_bfloat16_trains_under_autocast_on_cpu(tmp_path, data_dir, monkeypatch):
+    """--dtype=bfloat16 on a CPU: every forward, of training and of evaluation, runs under bfloat16 autocast
+    (--dtype=auto there is float32)."""
+    seen, forward = [], LLaMA.forward
+
+    def spy(self, *args, **kw):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return forward(self, *args, **kw)
+
+    monkeypatch.setattr(LLaMA, "forward", spy)
+    T.train(small(tmp_path, data_dir, dtype="bfloat16", max_steps=2, eval_interval=0, eval_steps=1, sample_tokens=0))
+    assert len(seen) == 3 and set(seen) == {torch.bfloat16}  # two steps, one evaluation
+    assert not T.uses_bf16(T.TrainConfig(dtype="auto"), "cpu") and T.uses_bf16(T.TrainConfig(dtype="auto"), "cuda")
+
+
 def test_resume_refuses_changed_settings(tmp_path, data_dir):
     T.train(small(tmp_path, data_dir, stop_after=5))
     with pytest.raises(T.UsageError, match="--lr"):
@@ -468,6 +483,31 @@ def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     assert 3 <= step < 100000
 
 
+def test_ctrl_c_ends_with_a_checkpoint_and_status_130(tmp_path, data_dir, monkeypatch):
+    """SIGINT (Ctrl-C) during training, as SIGTERM: the step finishes, a checkpoint is written and main()
+    returns 130, the shell's code for death by SIGINT. The signal comes at step 3, from this process to
+    itself; one that train() did not take would reach the handler installed here."""
+    lr_mult = T.lr_mult
+
+    def ctrl_c_at_step_3(step, cfg):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr_mult(step, cfg)
+
+    def escaped(signum, frame):
+        raise AssertionError("SIGINT went past train()")
+
+    monkeypatch.setattr(T, "lr_mult", ctrl_c_at_step_3)
+    before = signal.signal(signal.SIGINT, escaped)
+    try:
+        code = T.main([f"--data={data_dir}", f"--out_dir={tmp_path}/out", "--max_steps=50", "--batch_size=2",
+                       "--seq_len=32", "--eval_interval=0", "--eval_steps=1", "--sample_tokens=0", "--device=cpu"])
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 128 + signal.SIGINT == 130
+    assert 3 < torch.load(tmp_path / "out" / "ckpt.pt")["step"] < 50
+
+
 def test_cli_bad_input_exits_2(tmp_path, data_dir):
     """As a user runs it: one line on stderr, no traceback, exit status 2; every other value that is out of
     range is in test_every_bad_value_is_one_line_naming_its_option."""
@@ -530,11 +570,13 @@ def test_total_batch_tokens_must_be_whole_steps_of_every_process():
 
 
 def test_memory_flags_reach_the_model_and_train_as_the_plain_run(tmp_path, data_dir):
-    """--loss_chunk and --checkpoint_blocks are the model's, and 5 steps with them give the plain run's losses."""
+    """--loss_chunk and --checkpoint_blocks are the model's, and 5 steps with them give the plain run's losses;
+    they may be added on resume (the way out of an out-of-memory error, TRAINING.md)."""
     plain = T.train(small(tmp_path / "a", data_dir, max_steps=5, eval_interval=5))
+    T.train(small(tmp_path / "b", data_dir, max_steps=5, eval_interval=5, stop_after=2))
     memory = T.train(small(tmp_path / "b", data_dir, max_steps=5, eval_interval=5, loss_chunk=50,
-                           checkpoint_blocks=True))
-    assert memory["model"].loss_chunk == 50 and memory["model"].checkpoint_blocks
+                           checkpoint_blocks=True, resume=True))
+    assert memory["step"] == 5 and memory["model"].loss_chunk == 50 and memory["model"].checkpoint_blocks
     for key in ("train_loss", "val_loss"):
         assert memory[key] == pytest.approx(plain[key], rel=1e-4), key
 
