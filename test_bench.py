@@ -336,9 +336,15 @@ def test_a_run_a_signal_stops_is_not_cached_and_resumes_to_the_same_record(tmp_p
     out = tmp_path / "stopped" / "out" / straight["key"]
     assert 5 < torch.load(out / "ckpt.pt")["step"] < 12  # stopped within a step or two, with a checkpoint
     monkeypatch.setattr(bench.train, "lr_mult", lr_mult)
-    same_record(bench.run_once(cfg, ctx), straight)
+    resumed = bench.run_once(cfg, ctx)
+    same_record(resumed, straight)
     starts = [json.loads(line)["start_step"] for line in open(out / "metrics.jsonl") if '"start_step"' in line]
     assert starts[0] == 0 and 5 < starts[1] < 12 and len(starts) == 2  # resumed, not started over
+    # LLR's share of the training time counts both invocations, above and below the line
+    times = [json.loads(line) for line in open(out / "seconds.jsonl")]
+    assert len(times) == 2 and all(t["train_seconds"] > 0 and t["llr_seconds"] > 0 for t in times)
+    share = sum(t["llr_seconds"] for t in times) / sum(t["train_seconds"] for t in times)
+    assert resumed["overhead"] == {"llr": pytest.approx(share, rel=1e-12)}
     assert [f.name for f in (tmp_path / "stopped" / "runs").glob("*.json")] == [straight["key"] + ".json"]
 
 

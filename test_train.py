@@ -251,6 +251,33 @@ def test_memory_estimate_matches_the_peak_measured_on_cpu(bf16, memory):
     assert abs((est["total"] - static) / measured.peak - 1) < 0.06, (est, measured.peak)
 
 
+def saved_bytes_per_token(cfg, T=64):
+    """The bytes a block's forward saves for backward, per token (float32; its input and weights not counted)."""
+    from model import Block, rope_tables
+    torch.manual_seed(0)
+    block, x = Block(cfg), torch.randn(1, T, cfg.dim, requires_grad=True)
+    known = {t.untyped_storage().data_ptr() for t in [x, *block.parameters()]}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in known:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x, *rope_tables(cfg.dim // cfg.n_heads, T, cfg.rope_theta))
+    return sum(saved.values()) / T
+
+
+def test_memory_estimate_counts_the_narrower_k_and_v_of_gqa():
+    """tiny_gqa's k and v are half as wide as tiny's (2 kv heads of 4), and a block saves that much less for
+    backward: the estimate's activations shrink by exactly what a block's forward is measured to save less."""
+    cfgs = [dataclasses.replace(PRESETS[p], max_seq_len=64) for p in ("tiny", "tiny_gqa")]
+    measured = [saved_bytes_per_token(c) for c in cfgs]
+    est = [estimate_memory(c, 8, 64, bf16=False)["activations"] / (8 * 64 * c.n_layers) for c in cfgs]
+    assert measured[0] - measured[1] == est[0] - est[1] == 2 * 4 * 64  # k and v, 64 floats narrower each
+
+
 @pytest.mark.parametrize("optimizer, tie", [("adamw", False), ("muon", True)])
 def test_memory_estimate_counts_weights_grads_and_optimizer_state(optimizer, tie):
     """Weights, grads and optimizer state in estimate_memory are the bytes of a real model's after a step:
@@ -592,6 +619,14 @@ def test_dry_run_prints_the_estimate_and_touches_nothing(tmp_path):
     printed = {line[:22].strip(): line[22:].strip() for line in r.stdout.splitlines() if line.endswith(" GB")}
     assert "bfloat16 autocast" in r.stdout and printed == {k: f"{n / 1e9:.2f} GB" for k, n in est.items()}, r.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_sizes_the_vocabulary_from_the_data(data_dir):
+    """--dry_run with --data plans the model the run builds: the data's vocabulary (bytes: 257, padded to 320),
+    not the preset's (GPT-2's 50,304)."""
+    report = T.memory_report(T.TrainConfig(preset="llama60m", data=data_dir, batch_size=2, seq_len=64, dry_run=True))
+    est = estimate_memory(dataclasses.replace(PRESETS["llama60m"], vocab_size=320, max_seq_len=64), 2, 64, bf16=False)
+    assert "llama60m (vocabulary 320)" in report and f"{'total':<20}{est['total'] / 1e9:8.2f} GB" in report, report
 
 
 def test_bare_flag_and_nested_llr_options():
