@@ -42,6 +42,7 @@ def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):  # Windows: 
 
 @pytest.mark.parametrize("argv", [["--seeds=0"], ["--sweep_seeds=0"], ["--steps=-1"], ["--compile=2"], ["--studies=tiny-adamx"]])
 def test_bad_flags_are_one_line_before_any_work(argv, capsys, monkeypatch):
+    """A flag out of its range is one line naming it and exit status 2, before any section starts."""
     monkeypatch.setattr(bench, "sections", lambda args: pytest.fail("bad flags reached the benchmark"))
     with pytest.raises(SystemExit) as e:
         bench.main(["quality", *argv])

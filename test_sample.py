@@ -88,6 +88,7 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["--num_samples=0"], ["--max_new_tokens=0"], ["--temperature=-0.5"], ["--temperature=inf"],
                                   ["--top_k=-1"], ["--seed=-1"], [f"--seed={2**64}"], ["--device=tpu"]])
 def test_every_bad_value_names_its_option(argv):
+    """Every option with a range (the seed: torch.manual_seed's), refused in one line that names it."""
     with pytest.raises(sample.UsageError, match=argv[0].split("=")[0]) as e:
         sample.parse_args(argv)
     assert "\n" not in str(e.value)

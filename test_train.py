@@ -580,7 +580,7 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("argv, option", BAD_VALUES, ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+@pytest.mark.parametrize("argv, option", BAD_VALUES, ids=[" ".join(getattr(c, "values", c)[0]) for c in BAD_VALUES])
 def test_every_bad_value_is_one_line_naming_its_option(tmp_path, argv, option):
     """Refused before any work, in a UsageError of one line that names the option (main() prints it and
     exits 2: test_cli_bad_input_exits_2)."""
@@ -590,6 +590,7 @@ def test_every_bad_value_is_one_line_naming_its_option(tmp_path, argv, option):
 
 
 def test_total_batch_tokens_must_be_whole_steps_of_every_process():
+    """--total_batch_tokens is a whole number of micro-batches of every process (checked once the world is known)."""
     cfg = T.TrainConfig(batch_size=4, seq_len=32, total_batch_tokens=384)
     assert T.step_tokens(cfg, 1) == (384, 3)
     with pytest.raises(T.UsageError, match="--total_batch_tokens=384 must be a multiple of .*=256"):
