@@ -732,6 +732,7 @@ def test_muon_defaults_are_the_documented_ones():
 def test_embed_head_one_keeps_embedding_and_head_at_exactly_one():
     """embed_head='one', the control that splits LLR's two rules: embedding and head stay at exactly 1 at every
     step, also where r_min is not 1, while the block matrices span [r_min, r_max]."""
+    torch.manual_seed(0)
     model = TinyLM()
     opt = torch.optim.AdamW(param_groups(model), lr=1e-3)
     ctrl = LLR(model, opt, total_steps=100, cfg=LLRConfig(embed_head="one", r_min=0.5, r_max=2.0, interval=2, ramp=3))
@@ -742,12 +743,13 @@ def test_embed_head_one_keeps_embedding_and_head_at_exactly_one():
         if info:
             assert [info["multipliers"][n] for n in ctrl.special] == [1.0, 1.0]
     block = [ctrl.multiplier(n, 3) for n in ctrl.analysed]
-    assert min(block) == 0.5 and max(block) == 2.0
+    assert min(block) == pytest.approx(0.5) and max(block) == pytest.approx(2.0)  # the map's ends, to rounding
 
 
 def test_mean_one_averages_over_the_matrices_that_have_a_multiplier():
     """mean_one with a degenerate matrix in the model (all zero: no alpha, so it keeps 1 and stays out of the map):
     the parameter-weighted mean of the multipliers LLR sets is exactly 1, the degenerate matrix not counted."""
+    torch.manual_seed(0)
     model = TinyLM()
     with torch.no_grad():
         model.layers[1]["up_proj"].weight.zero_()
