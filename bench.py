@@ -870,6 +870,9 @@ def main(argv=None):
                         "or a copy of the ranks file (PATH.tiktoken)")
     try:
         args = p.parse_args(argv)
+        for key, least in (("seeds", 1), ("sweep_seeds", 1), ("steps", 0)):
+            if getattr(args, key) < least:
+                p.error(f"--{key} must be >= {least}, got {getattr(args, key)}")
     except UsageError as e:  # one line and exit status 2, like every script here
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

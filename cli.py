@@ -14,6 +14,7 @@ argparse and the standard library only (no torch), so the data script speaks the
 
 import argparse
 import dataclasses
+import re
 import shlex
 
 
@@ -93,8 +94,10 @@ def parse(cls, argv, **kw):
             sub = {k.split(".")[1]: v for k, v in given.items() if k.startswith(f.name + ".")}
             try:  # the nested config checks its own values
                 top[f.name] = f.default_factory(**sub)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
+            except ValueError as e:  # its message names its fields: name the options that set them
+                flag = {g.name: f"--{f.metadata['prefix']}_{g.name}"
+                        for g in dataclasses.fields(f.default_factory)}
+                raise UsageError(re.sub(r"\w+", lambda m: flag.get(m[0], m[0]), str(e))) from None
     return cls(**top)
 
 

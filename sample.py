@@ -90,6 +90,8 @@ def parse_args(argv):
         raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k < 0:
         raise UsageError(f"--top_k must be >= 0 (0 = all tokens), got {args.top_k}")
+    if not 0 <= args.seed < 2**64:  # what torch.manual_seed takes
+        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device=cuda but no CUDA device is available; use --device=cpu")
     return args

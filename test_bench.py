@@ -41,6 +41,17 @@ def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):  # Windows: 
         assert first and second
 
 
+@pytest.mark.parametrize("argv", [["--seeds=0"], ["--sweep_seeds=0"], ["--steps=-1"], ["--compile=2"], ["--studies=tiny-adamx"]])
+def test_bad_flags_are_one_line_before_any_work(argv, capsys, monkeypatch):
+    """A flag out of its range is one line naming it and exit status 2, before any section starts."""
+    monkeypatch.setattr(bench, "sections", lambda args: pytest.fail("bad flags reached the benchmark"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["quality", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("bench.py: error:") and len(err.strip().splitlines()) == 1, err
+    assert argv[0].split("=")[0] in err, err
+
+
 def test_steps_to_reach_interpolates_between_evaluations():
     curve = [(0, 3.0), (10, 2.0), (20, 1.0)]
     assert bench.steps_to_reach(curve, 1.5) == 15 and bench.steps_to_reach(curve, 0.5) is None
@@ -336,9 +347,15 @@ def test_a_run_a_signal_stops_is_not_cached_and_resumes_to_the_same_record(tmp_p
     out = tmp_path / "stopped" / "out" / straight["key"]
     assert 5 < torch.load(out / "ckpt.pt")["step"] < 12  # stopped within a step or two, with a checkpoint
     monkeypatch.setattr(bench.train, "lr_mult", lr_mult)
-    same_record(bench.run_once(cfg, ctx), straight)
+    resumed = bench.run_once(cfg, ctx)
+    same_record(resumed, straight)
     starts = [json.loads(line)["start_step"] for line in open(out / "metrics.jsonl") if '"start_step"' in line]
     assert starts[0] == 0 and 5 < starts[1] < 12 and len(starts) == 2  # resumed, not started over
+    # LLR's share of the training time counts both invocations, above and below the line
+    times = [json.loads(line) for line in open(out / "seconds.jsonl")]
+    assert len(times) == 2 and all(t["train_seconds"] > 0 and t["llr_seconds"] > 0 for t in times)
+    share = sum(t["llr_seconds"] for t in times) / sum(t["train_seconds"] for t in times)
+    assert resumed["overhead"] == {"llr": pytest.approx(share, rel=1e-12)}
     assert [f.name for f in (tmp_path / "stopped" / "runs").glob("*.json")] == [straight["key"] + ".json"]
 
 

@@ -43,7 +43,7 @@ def test_errors_are_one_line_usage_errors():
     for argv, words in [(["--nope=1"], "unrecognized arguments: --nope=1"),
                         (["--rate=fast"], "--rate: invalid float value: 'fast'"),
                         (["--kind=z"], "--kind: invalid choice: 'z'"), (["--flag=maybe"], "true or false"),
-                        (["--in_depth=-1"], "depth must be >= 0"), (["--ra=1"], "unrecognized")]:
+                        (["--in_depth=-1"], "^--in_depth must be >= 0"), (["--ra=1"], "unrecognized")]:
         with pytest.raises(cli.UsageError, match=words) as e:  # --ra: no abbreviations
             cli.parse(Config, argv, prog="x.py")
         assert "\n" not in str(e.value), argv

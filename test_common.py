@@ -115,6 +115,29 @@ def test_resume_on_fewer_gpus(tmp_path, monkeypatch):
     assert torch.equal(cuda.states[0], saved)
 
 
+def test_a_gpu_checkpoint_resumes_on_a_machine_without_one(tmp_path, monkeypatch):
+    """A checkpoint written on cuda:0 (its tensors tagged cuda:0, as torch.save tags a GPU's, and a CUDA RNG
+    state) resumed with --device=cpu where there is no GPU: every tensor is loaded onto the CPU (torch.load
+    without a map_location refuses such a file there) and CUDA's generator is left alone."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.AdamW([w], lr=1e-2)
+    w.grad = torch.randn(4, 3)
+    opt.step()
+    with monkeypatch.context() as gpu:
+        FakeCuda(gpu, 1)
+        gpu.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        save(tmp_path, {"optimizers": [opt]}, torch.device("cuda", 0))
+    assert torch.load(tmp_path / "ckpt.pt", map_location="cpu")["rng"]["cuda"] is not None
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine's, whatever it has
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a, **kw: calls.append(a))
+    resumed = torch.optim.AdamW([w], lr=1e-2)
+    assert load(tmp_path, {"optimizers": [resumed]}, torch.device("cpu")) == 3
+    assert calls == []
+    state = resumed.state[w]
+    assert state["exp_avg"].device.type == "cpu" and torch.equal(state["exp_avg"], opt.state[w]["exp_avg"])
+
+
 def test_a_resume_says_when_dtype_auto_changes_the_precision(tmp_path, monkeypatch, capsys):
     """--dtype=auto is bfloat16 on a GPU and float32 on a CPU: a checkpoint written on a GPU and resumed on a
     CPU (or back) changes precision, and the console says so once, with the flag that keeps it."""

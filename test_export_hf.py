@@ -89,6 +89,24 @@ def test_a_tokenizer_no_longer_where_the_run_left_it(tmp_path, capsys):
     assert hf_tok("the cat", add_special_tokens=False).input_ids == get_tokenizer(tok).encode_ordinary("the cat")
 
 
+@pytest.mark.parametrize("specials, eos", [(("<pad>", "<unk>", "<eos>"), "<eos>"),  # Gemma's name for it
+                                          (("<pad>", "</s>", "<|endoftext|>"), "<|endoftext|>")],  # the first of SEPARATORS
+                         ids=["custom", "two-candidates"])
+def test_the_exported_end_of_sequence_is_the_runs_separator(tmp_path, specials, eos):
+    """lm-eval ends a sequence at the tokenizer's EOS and at config.json's eos_token_id: both are the token the
+    run's shards put between documents (meta's eot), not a fixed name or id, also where the tokenizer has
+    another candidate."""
+    tok = hf_tokenizer_file(tmp_path / "tokenizer.json", specials)
+    eot = get_tokenizer(tok).eot_token
+    assert eot == specials.index(eos)
+    checkpoint(tmp_path / "run", ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=320, max_seq_len=8),
+               meta={"tokenizer": tok, "vocab_size": 300, "eot": eot})
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (hf_tok.eos_token, hf_tok.eos_token_id) == (eos, eot)
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").eos_token_id == eot
+
+
 @pytest.mark.parametrize("name, words", [("gpt2", "tokenizer=gpt2"), ("gpt2.tiktoken", "tokenizer=gpt2"),
                                          ("bytes", "no Hugging Face tokenizer matches")])
 def test_the_tokenizer_to_evaluate_with(tmp_path, capsys, name, words):

@@ -761,3 +761,59 @@ def test_muon_defaults_are_the_documented_ones():
     _, b, _ = muon_pair((24, 40), seed=3, momentum=0.95, nesterov=True, ns_steps=5)
     _, c, _ = muon_pair((24, 40), seed=3, momentum=0.9)
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+# ---- the controls, and Muon's shares under DDP ----
+
+
+def test_embed_head_one_keeps_embedding_and_head_at_exactly_one():
+    """embed_head='one', the control that splits LLR's two rules: embedding and head stay at exactly 1 at every
+    step, also where r_min is not 1, while the block matrices span [r_min, r_max]."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3)
+    ctrl = LLR(model, opt, total_steps=100, cfg=LLRConfig(embed_head="one", r_min=0.5, r_max=2.0, interval=2, ramp=3))
+    for s in range(4):
+        info = ctrl.step(s)
+        scale = {g["name"]: g["lr_scale"] for g in opt.param_groups}
+        assert scale["embed_tokens.weight"] == scale["lm_head.weight"] == 1.0, s
+        if info:
+            assert [info["multipliers"][n] for n in ctrl.special] == [1.0, 1.0]
+    block = [ctrl.multiplier(n, 3) for n in ctrl.analysed]
+    assert min(block) == pytest.approx(0.5) and max(block) == pytest.approx(2.0)  # the map's ends, to rounding
+
+
+def test_mean_one_averages_over_the_matrices_that_have_a_multiplier():
+    """mean_one with a degenerate matrix in the model (all zero: no alpha, so it keeps 1 and stays out of the map):
+    the parameter-weighted mean of the multipliers LLR sets is exactly 1, the degenerate matrix not counted."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    with torch.no_grad():
+        model.layers[1]["up_proj"].weight.zero_()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3)
+    with pytest.warns(UserWarning, match="layers.1.up_proj.weight"):
+        info = LLR(model, opt, total_steps=100, cfg=LLRConfig(mean_one=True)).step(0)
+    m, sizes = info["multipliers"], {n: p.numel() for n, p in model.named_parameters()}
+    assert "layers.1.up_proj.weight" not in m and len(m) == 7  # 6 block matrices less one, embedding, head
+    assert sum(sizes[n] * v for n, v in m.items()) / sum(sizes[n] for n in m) == pytest.approx(1.0, rel=1e-12)
+    assert {g["name"]: g["lr_scale"] for g in opt.param_groups}["layers.1.up_proj.weight"] == 1.0
+
+
+UNEVEN = [(4, 4), (16, 16)]  # in shape order: rank 0 orthogonalises the 4 x 4 matrix, rank 1 the 16 x 16 one
+
+
+def _muon_uneven_worker(rank, world, out_dir):
+    with open(os.path.join(out_dir, f"uneven{rank}.pkl"), "wb") as f:
+        pickle.dump(muon_run(UNEVEN), f)
+
+
+def test_ddp_muon_when_another_rank_holds_the_largest_share(tmp_path):
+    """Rank 1's share (256 numbers) is larger than rank 0's (16): the buffer every rank gathers into has room for
+    the largest share, whoever holds it, and every rank ends with one process's weights and momentum, bitwise."""
+    assert [llr.share_of(r, 2, dict(enumerate(UNEVEN))) for r in range(2)] == [[0], [1]]
+    run_ddp(_muon_uneven_worker, str(tmp_path))
+    single = muon_run(UNEVEN)
+    for r in range(2):
+        weights, momenta = pickle.load(open(tmp_path / f"uneven{r}.pkl", "rb"))
+        for a, b in zip(single[0] + single[1], weights + momenta):
+            assert torch.equal(a, b), r

@@ -102,3 +102,21 @@ def test_esd_figure_of_an_llr_run_and_a_uniform_one(runs, tmp_path, capsys, monk
     assert plot.main(["--esd", runs[1], "--matrices=9.q_proj"]) == 2
     assert "no matrix '9.q_proj'" in capsys.readouterr().err
     assert plot.main(["--esd", *runs]) == 2
+
+
+def test_esd_of_a_run_with_one_llr_recompute_draws_that_decision_once(runs, tmp_path, monkeypatch):
+    """A run whose LLR recomputed once (a short run, or a long window's single interval): its first recompute is its
+    last, and the figure shows it once, not twice."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    one = tmp_path / "one"
+    shutil.copytree(runs[1], one)
+    lines = (one / "metrics.jsonl").read_text().splitlines(keepends=True)
+    llr_lines = [line for line in lines if '"method": "llr"' in line]
+    assert len(llr_lines) > 1
+    (one / "metrics.jsonl").write_text("".join(line for line in lines if line not in llr_lines[1:]))
+    decisions, real = [], plot.draw_decision
+    monkeypatch.setattr(plot, "draw_decision", lambda ax, rec, lo, hi: decisions.append(rec["step"])
+                        or real(ax, rec, lo, hi))
+    plot.plot_esd(str(one), str(tmp_path / "esd.png"), ["2.q_proj"])
+    assert decisions == [0]

@@ -474,12 +474,36 @@ def test_error_bad_number_on_the_command_line():
     (["--shards", "0"], ["--shards"]),
     (["--workers", "1.5"], ["--workers"]),
     (["--shard_size", "3e9"], ["2^31"]),
+    (["--shard_size", "0"], ["--shard_size"]),
+    (["--max_tokens", "0.5"], ["--max_tokens"]),
+    (["--workers", "0"], ["--workers"]),
 ])
 def test_error_bad_numeric_args(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         pf.main(argv)
     assert e.value.code == 2
     assert_one_line_error(capsys.readouterr().err, *words)
+
+
+def write_ranks(path, n):
+    """A ranks file of n tokens, the 256 bytes first (so any text encodes); the tokenizer adds end-of-text."""
+    import base64
+    pieces = [bytes([i]) for i in range(256)] + [i.to_bytes(2, "big") for i in range(256, n)]
+    with open(path, "w") as f:
+        f.writelines(f"{base64.b64encode(p).decode()} {rank}\n" for rank, p in enumerate(pieces))
+    return str(path)
+
+
+def test_a_tokenizer_of_exactly_65536_tokens_fits_the_shards(tmp_path):
+    """Ids 0 to 65,535 fit uint16: a tokenizer of 65,536 tokens is taken, its end-of-text (id 65,535) is stored
+    and read back; one token more is refused."""
+    enc = pf.load_tokenizer(write_ranks(tmp_path / "full.tiktoken", 2**16 - 1))
+    assert enc.n_vocab == 2**16 and enc.eot_token == 2**16 - 1
+    tokens = [enc.eot_token, *enc.encode_ordinary("a\xff")]  # end-of-text, then a two-byte token
+    pf.write_shard(str(tmp_path / "x_val_000000.bin"), tokens)
+    assert read_shard(str(tmp_path / "x_val_000000.bin")).tolist() == tokens == [65535, 0x61C3, 0xBF]
+    with pytest.raises(pf.UsageError, match="65,537 tokens"):
+        pf.load_tokenizer(write_ranks(tmp_path / "over.tiktoken", 2**16))
 
 
 def write_big_vocab(path):  # a ranks file of 70,000 tokens: too many for uint16 shards

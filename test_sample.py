@@ -85,6 +85,23 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
     one_line_error(capsys, [f"--out_dir={tmp_path}"], "cannot load")
 
 
+@pytest.mark.parametrize("argv", [["--num_samples=0"], ["--max_new_tokens=0"], ["--temperature=-0.5"], ["--temperature=inf"],
+                                  ["--top_k=-1"], ["--seed=-1"], [f"--seed={2**64}"], ["--device=tpu"]])
+def test_every_bad_value_names_its_option(argv):
+    """Every option with a range (the seed: torch.manual_seed's), refused in one line that names it."""
+    with pytest.raises(sample.UsageError, match=argv[0].split("=")[0]) as e:
+        sample.parse_args(argv)
+    assert "\n" not in str(e.value)
+
+
+def test_top_k_0_samples_from_every_token(run, capsys, monkeypatch):
+    """--top_k=0 is no top-k at all: generate gets top_k=None, and samples."""
+    calls, generate = [], LLaMA.generate
+    monkeypatch.setattr(LLaMA, "generate", lambda self, *a, **kw: calls.append(kw["top_k"]) or generate(self, *a, **kw))
+    assert sample.main([f"--out_dir={run}", "--top_k=0", "--num_samples=1", "--max_new_tokens=4", "--device=cpu"]) == 0
+    assert calls == [None] and capsys.readouterr().out.count("-" * 40) == 1
+
+
 def test_a_checkpoint_is_read_without_the_training_code(run, tmp_path, capsys):
     """sample.py reads a run with cli.py, model.py and prepare_fineweb.py: train.py is never imported,
     and a file that is no checkpoint of train.py is a one-line error."""

@@ -94,12 +94,17 @@ def check_config(cfg):
             raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
     for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after",
                 "sample_tokens", "loss_chunk"):
-        if getattr(cfg, key) < 0:
+        if not getattr(cfg, key) >= 0:  # NaN too
             raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
+    if not 0 <= cfg.seed < 2**64:  # what torch.manual_seed takes
+        raise UsageError(f"--seed must be in [0, 2**64), got {cfg.seed}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise UsageError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if not 0 <= cfg.min_lr_ratio <= 1:
         raise UsageError(f"--min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.warmup_steps < -1:
+        raise UsageError(f"--warmup_steps must be >= 0, or -1 for 10% of --max_steps, "
+                         f"got {cfg.warmup_steps}")
     if cfg.warmup_steps >= cfg.max_steps:
         raise UsageError(f"--warmup_steps={cfg.warmup_steps} must be smaller than "
                          f"--max_steps={cfg.max_steps}")
