@@ -274,16 +274,23 @@ def make_run(cfg, ctx, key, settings, out):
     if not resume:
         start_over(out)  # what a run killed before its first checkpoint left
     print(f"run {key}{' (resumed)' * resume}: {command(cfg)}", flush=True)
-    summary = train.train(dataclasses.replace(cfg, out_dir=out, resume=resume))
-    # each invocation's times, so that a resumed run's shares count all of them
-    with open(os.path.join(out, "seconds.jsonl"), "a") as f:
-        f.write(json.dumps({k: v for k, v in summary.items() if k.endswith("_seconds")}) + "\n")
-    finished(summary, cfg)
+    try:
+        summary = train.train(dataclasses.replace(cfg, out_dir=out, resume=resume))
+    except FloatingPointError as e:  # diverged: a result (a sweep's far edge), recorded as an infinite loss
+        print(f"run {key} diverged: {e}", flush=True)
+        summary = None
+    if summary:  # each invocation's times, so that a resumed run's shares count all of them
+        with open(os.path.join(out, "seconds.jsonl"), "a") as f:
+            f.write(json.dumps({k: v for k, v in summary.items() if k.endswith("_seconds")}) + "\n")
+        finished(summary, cfg)
     records = run_records(out)
-    with open(os.path.join(out, "seconds.jsonl")) as f:
-        times = [json.loads(line) for line in f]
+    times = []
+    if os.path.exists(os.path.join(out, "seconds.jsonl")):
+        with open(os.path.join(out, "seconds.jsonl")) as f:
+            times = [json.loads(line) for line in f]
     train_s = sum(t["train_seconds"] for t in times)
-    os.remove(os.path.join(out, "ckpt.pt"))  # keep metrics.jsonl, drop the weights
+    if os.path.exists(os.path.join(out, "ckpt.pt")):  # keep metrics.jsonl, drop the weights
+        os.remove(os.path.join(out, "ckpt.pt"))
     evals = [r for r in records if "val_loss" in r]
     return {"key": key, "command": command(cfg), "settings": settings, "data": ctx["data"],
             "code": ctx["code"], "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len,
@@ -293,11 +300,12 @@ def make_run(cfg, ctx, key, settings, out):
             "alphas": [{"step": r["step"], "alphas": r["alphas"]} for r in evals if "alphas" in r],
             "llr": [r for r in records if r.get("method") == "llr"],
             "lanton": [r for r in records if r.get("method") == "lanton"],
-            "final_val": summary["val_loss"],
+            "final_val": summary["val_loss"] if summary else math.inf,
+            "diverged_at": None if summary else max(r["step"] for r in records if "loss" in r),
             "seconds": sum(r["ms"] for r in records if "loss" in r) / 1000,
             "device": records[0]["device"],
             "overhead": {m: sum(t[f"{m}_seconds"] for t in times) / max(train_s, 1e-9)
-                         for m in ("llr", "lanton") if f"{m}_seconds" in summary}}
+                         for m in ("llr", "lanton") if f"{m}_seconds" in (summary or {})}}
 
 
 def unset(settings, prefix=""):

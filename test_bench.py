@@ -6,6 +6,7 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -324,6 +325,20 @@ def quick_run(data_dir):
 def same_record(a, b):  # all but the timings and the machine
     drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "overhead", "device")}
     assert drop(a) == drop(b) and a["overhead"].keys() == b["overhead"].keys()
+
+
+def test_a_run_that_diverges_is_a_result_an_infinite_loss_and_the_sweep_goes_on(tmp_path, data_dir, monkeypatch):
+    """LARS at a far too large LR overflows: the run is recorded (final loss inf, the step it diverged at,
+    cached), the benchmark does not stop, and the sweep picks a finite value."""
+    monkeypatch.chdir(tmp_path)
+    cfg = dataclasses.replace(quick_run(data_dir), llr=False, optimizer="lars")
+    args = type("Args", (), {"sweep_seeds": 1, "seeds": 1})
+    best, sweep = bench.tune(cfg, "lr", [0.01, 1e4], {"data": ["d"], "code": "c"}, args)
+    assert best == 0.01 and math.isfinite(sweep[0.01][0]["final_val"])
+    diverged = sweep[1e4][0]
+    assert diverged["final_val"] == math.inf and 0 < diverged["diverged_at"] < 12
+    assert not any(tmp_path.glob("results/out/*/ckpt.pt"))  # no weights left behind
+    assert bench.run_once(dataclasses.replace(cfg, lr=1e4), {"data": ["d"], "code": "c"}) == diverged  # cached
 
 
 def test_a_run_a_signal_stops_is_not_cached_and_resumes_to_the_same_record(tmp_path, data_dir, monkeypatch):
