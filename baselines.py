@@ -14,19 +14,9 @@ one step moves every matrix by the same relative amount, whatever its gradient's
 import torch
 
 
-class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You, Gitman, Ginsburg 2017, arXiv 1708.03888), as the LLR
-    paper's code runs it: weight decay inside the momentum, and the trust ratio ||w|| / ||v||:
-        v = mu v + (1 - mu) (g + wd w);  w <- w - lr * ||w|| / ||v|| * v
-    so ||step|| = lr * ||w||. (The LARS paper scales the gradient before the momentum, by
-    eta ||w|| / (||g|| + wd ||w||); normalising the momentum itself, as here, makes every step exactly
-    lr * ||w|| long.) A tensor with ||w|| = 0 or ||v|| = 0 takes the plain step lr * v."""
-
-    def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0):
-        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"LARS needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0, got {lr}, "
-                             f"{momentum}, {weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+class TrustRatio(torch.optim.Optimizer):
+    """What LARS and LAMB share: each tensor steps along its own direction d (direction(), which keeps
+    the optimizer's state), rescaled to a fixed fraction of the tensor's norm, w <- w - lr * ||w|| / ||d|| * d."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -36,19 +26,36 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                v = state["momentum_buffer"]
-                g = p.grad.add(p, alpha=group["weight_decay"])  # g + wd w
-                v.mul_(group["momentum"]).add_(g, alpha=1 - group["momentum"])
-                p.sub_(v * (group["lr"] * trust_ratio(p.norm(), v.norm())))
+                if p.grad is not None:
+                    d, w_norm = self.direction(p, group, self.state[p])
+                    p.sub_(d * (group["lr"] * trust_ratio(w_norm, d.norm())))
         return loss
 
 
-class LAMB(torch.optim.Optimizer):
+class LARS(TrustRatio):
+    """Layer-wise Adaptive Rate Scaling (You, Gitman, Ginsburg 2017, arXiv 1708.03888), as the LLR
+    paper's code runs it: weight decay inside the momentum, and the trust ratio ||w|| / ||v||:
+        v = mu v + (1 - mu) (g + wd w);  w <- w - lr * ||w|| / ||v|| * v
+    so ||step|| = lr * ||w||. (The LARS paper scales the gradient before the momentum, by
+    eta ||w|| / (||g|| + wd ||w||); normalising the momentum itself, as here, makes every step exactly
+    lr * ||w|| long.)"""
+
+    def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0):
+        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"LARS needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0, got {lr}, "
+                             f"{momentum}, {weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    def direction(self, p, group, state):
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        v = state["momentum_buffer"]
+        g = p.grad.add(p, alpha=group["weight_decay"])  # g + wd w
+        v.mul_(group["momentum"]).add_(g, alpha=1 - group["momentum"])
+        return v, p.norm()
+
+
+class LAMB(TrustRatio):
     """Layer-wise Adaptive Moments for Batch training (You et al. 2019, arXiv 1904.00962), with the
     defaults of torch_optimizer.Lamb, which the LLR paper's code runs: betas (0.9, 0.999), eps 1e-6,
     no bias correction, phi(x) = min(x, 10):
@@ -64,32 +71,20 @@ class LAMB(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       clamp=clamp))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            (b1, b2), eps = group["betas"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                r = (m / (v.sqrt() + eps)).add_(p, alpha=group["weight_decay"])
-                ratio = trust_ratio(p.norm().clamp(max=group["clamp"]), r.norm())
-                p.sub_(r * (group["lr"] * ratio))
-        return loss
+    def direction(self, p, group, state):
+        (b1, b2), eps = group["betas"], group["eps"]
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(b1).add_(p.grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        r = (m / (v.sqrt() + eps)).add_(p, alpha=group["weight_decay"])
+        return r, p.norm().clamp(max=group["clamp"])
 
 
 def trust_ratio(w_norm, step_norm):
-    """||w|| / ||step||, or 1 where either is 0 (a zero tensor, a zero gradient), as both papers' codes.
-    A tensor on the parameters' device: no host sync per tensor on a GPU."""
+    """||w|| / ||step||, or 1 where either is 0 (a zero tensor, a zero gradient), as torch_optimizer.Lamb
+    (the LLR code's LARS divides by ||v|| + 1e-6 instead). A tensor: no host sync per tensor on a GPU."""
     return torch.where((w_norm > 0) & (step_norm > 0), w_norm / step_norm, torch.ones_like(w_norm))
 
 
