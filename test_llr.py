@@ -779,7 +779,7 @@ def test_embed_head_one_keeps_embedding_and_head_at_exactly_one():
         assert scale["embed_tokens.weight"] == scale["lm_head.weight"] == 1.0, s
         if info:
             assert [info["multipliers"][n] for n in ctrl.special] == [1.0, 1.0]
-    block = [ctrl.multiplier(n, 3) for n in ctrl.analysed]
+    block = [scale[n] for n in ctrl.analysed]  # step 3's lr_scale
     assert min(block) == pytest.approx(0.5) and max(block) == pytest.approx(2.0)  # the map's ends, to rounding
 
 
