@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from baselines import LAMB, LARS, blockwise_ratio
 import cli
 from cli import UsageError, nested, opt
 from common import (Metrics, compute_cleanup, compute_init, device_type, layer_table, load_checkpoint,
                     peak_flops, print0, run_record, save_checkpoint, stop_signals, uses_bf16, wrap_ddp)
-from baselines import LAMB, LARS, blockwise_ratio
 from lanton import LANTON, LANTONConfig
 from llr import LLR, LLRConfig, Muon, alphas, param_groups, roles
 from model import LLaMA, PRESETS, estimate_memory, pad_vocab
