@@ -687,7 +687,7 @@ def test_ddp_with_accumulation_matches_one_process(tmp_path, data_dir, extra):
     last micro-batch only, end with bitwise the same weights on both ranks, and with the losses and weights of
     one process that accumulates the same 4 micro-batches, summed in another order: measured here 1.2e-7 apart
     in the loss (relative) and 3.5e-6 in the weights (absolute) after 6 steps with AdamW, 0 and 6e-7 with Muon
-    and LLR."""
+    and LLR. Both report the validation loss of the same batches."""
     script = ddp_worker_script(tmp_path)
     common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=2", "--seq_len=32", "--total_batch_tokens=256",
               "--eval_interval=3", "--eval_steps=2", *extra, "--device=cpu"]  # gloo on CPU, however many GPUs there are
@@ -704,6 +704,10 @@ def test_ddp_with_accumulation_matches_one_process(tmp_path, data_dir, extra):
     assert "256 tokens/step (4 accumulation)" in r.stdout, r.stdout[-3000:]
     loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "metrics.jsonl") if '"loss"' in l]
     np.testing.assert_allclose(loss("two"), loss("one"), rtol=1e-5)
+    # validation on the same --eval_steps batches, dealt out to the processes: the same loss from step 0 on
+    val = lambda d: [json.loads(l)["val_loss"] for l in open(tmp_path / d / "metrics.jsonl") if '"val_loss"' in l]
+    assert len(val("one")) == 3
+    np.testing.assert_allclose(val("two"), val("one"), rtol=1e-5)
     single = torch.load(tmp_path / "weights0.pt")
     for k in w0:
         torch.testing.assert_close(w0[k], single[k], rtol=1e-4, atol=1e-5)

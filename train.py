@@ -71,7 +71,7 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
     checkpoint_blocks: bool = opt(False, "keep only each block's input and recompute the block in backward")
     dry_run: bool = opt(False, "print this run's estimated peak memory, and exit (a GPU's: --device=cuda)")
     eval_interval: int = opt(100, "evaluate and checkpoint every this many steps (and at the end)")
-    eval_steps: int = opt(10, "validation batches per evaluation")
+    eval_steps: int = opt(10, "validation batches per evaluation, in all (shared out over the processes)")
     log_interval: int = opt(10, "console line every this many steps")
     sample_tokens: int = opt(64, "length of the sample printed and logged at each evaluation; 0 = off")
     wandb: str = opt("", "also log to this Weights & Biases project (pip install wandb); empty = off")
@@ -262,21 +262,23 @@ def sample_tokenizer(meta):
 
 
 def evaluate(step, model, wrapped, files, cfg, rank, world, amp, enc, seconds):
-    """The validation loss (eval_steps batches from the start of the split, averaged over processes), the
-    Hill alpha of every matrix and, with a tokenizer, a sample; the last two timed into seconds, as what
-    evaluations add to training. Prints its line, returns its record."""
+    """The validation loss (the mean over the first eval_steps batches of the split, dealt out to the
+    processes in turn: the same batches whatever their number), the Hill alpha of every matrix and, with a
+    tokenizer, a sample; the last two timed into seconds, as what evaluations add to training. Prints its
+    line, returns its record."""
     device = model.lm_head.weight.device
-    loader, loss = Loader(files, cfg.batch_size, cfg.seq_len, rank, world), torch.zeros((), device=device)
+    loader, loss = Loader(files, cfg.batch_size, cfg.seq_len), torch.zeros((), device=device)
     model.eval()
     with torch.no_grad():
-        for _ in range(cfg.eval_steps):
-            x, y = loader.next_batch()
-            with amp:
-                loss += wrapped(x.to(device), y.to(device))[1].float() / cfg.eval_steps
+        for i in range(cfg.eval_steps):
+            x, y = loader.next_batch()  # every process reads every batch (cheap), and runs its own share
+            if i % world == rank:
+                with amp:
+                    loss += wrapped(x.to(device), y.to(device))[1].float() / cfg.eval_steps
     if world > 1:
         dist.all_reduce(loss)
     model.train()
-    record, t0 = {"step": step, "val_loss": loss.item() / world}, time.perf_counter()
+    record, t0 = {"step": step, "val_loss": loss.item()}, time.perf_counter()
     alpha = alphas(model, estimator=cfg.llr_config.estimator)  # every run, LLR or not (a collective)
     record["alphas"] = {n: a if math.isfinite(a) else None for n, a in alpha.items()}
     t1 = time.perf_counter()
