@@ -66,7 +66,7 @@ def export(run_dir, target, tokenizer=""):
         raise UsageError(f"{target} exists and is not an empty directory; "
                          "choose another target (nothing was written)")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu")
+        ckpt = torch.load(ckpt_path, map_location="cpu", mmap=True)  # the weights only are read
         meta, mc = ckpt["meta"], ckpt["model_config"]  # the model as train.py built it
     except Exception as e:  # not a checkpoint of train.py, or truncated
         raise UsageError(f"cannot load {ckpt_path}: {short(e)}") from None

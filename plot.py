@@ -148,7 +148,7 @@ def load_spectra(run_dir, matrices=()):
     path = os.path.join(run_dir, "ckpt.pt")
     if not os.path.exists(path):
         raise UsageError(f"{path} does not exist; --esd needs a run directory with a checkpoint")
-    ckpt = torch.load(path, map_location="cpu")
+    ckpt = torch.load(path, map_location="cpu", mmap=True)  # the matrices only are read
     final = {n: w for n, w in ckpt["model"].items() if w.ndim == 2}
     by_short = {short(n): n for n in final}
     names = [by_short.get(m, m) for m in matrices] or middle_matrices(list(final))

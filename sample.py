@@ -24,12 +24,15 @@ from prepare_fineweb import decode, get_tokenizer, meta_tokenizer, short
 
 
 def load_model(out_dir, device):
+    """The run's model on device, in eval mode, and its data's meta. The checkpoint is mapped from disk onto
+    the CPU, and only the model's weights move to the device: the optimizer state it also holds (twice the
+    weights with AdamW) is never read."""
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         raise UsageError(f"{path} does not exist; train a run first (python train.py) "
                          "or point --out_dir at one")
     try:
-        ckpt = torch.load(path, map_location=device)
+        ckpt = torch.load(path, map_location="cpu", mmap=True)
         model = LLaMA(ModelConfig(**ckpt["model_config"]))  # the model as train.py built it
         model.load_state_dict(ckpt["model"])
     except Exception as e:  # not a checkpoint of train.py, truncated, or of an incompatible model.py

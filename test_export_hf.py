@@ -52,6 +52,15 @@ def test_transformers_gives_our_logits(tmp_path, mc):
     assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == mc.rope_theta
 
 
+def test_the_checkpoint_is_mapped_onto_the_cpu(tmp_path, monkeypatch):
+    """The optimizer state beside the weights (twice their size with AdamW) is never read, nor moved anywhere."""
+    checkpoint(tmp_path / "run", ModelConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=128, max_seq_len=32))
+    calls, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw))
+    assert export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert calls == [{"map_location": "cpu", "mmap": True}]
+
+
 def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path, capsys):
     """A run on a T5-like tokenizer exports it beside the model: AutoTokenizer, as lm-eval calls it with
     pretrained=DIR alone, loads it, encodes as the shards did, and ends sequences with the separator."""

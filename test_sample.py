@@ -49,6 +49,17 @@ def test_cli_prints_samples(run):
     assert all(s.startswith("def ") and len(s) > len("def \n") for s in samples[:2])
 
 
+def test_load_model_reads_the_checkpoint_onto_the_cpu_and_moves_only_the_model(run, monkeypatch):
+    """A GPU user's sample.py: the checkpoint (weights, optimizer state, ...) is mapped onto the CPU, and only
+    the model goes to the device (here the meta device, which any machine has)."""
+    calls, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw))
+    model, meta = sample.load_model(run, torch.device("meta"))
+    assert calls == [{"map_location": "cpu", "mmap": True}]
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"} and not model.training
+    assert meta["tokenizer"] == "bytes"
+
+
 def test_greedy_sample_is_the_models_own_greedy_text(run, capsys):
     assert sample.main([f"--out_dir={run}", "--start=Th", "--num_samples=1", "--max_new_tokens=12", "--temperature=0",
                         "--device=cpu"]) == 0  # compared with the model on CPU below
