@@ -16,7 +16,7 @@ import platform
 import re
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import tiktoken
@@ -61,9 +61,14 @@ def wrap_ddp(model, device):
                gradient_as_bucket_view=True, broadcast_buffers=False)
 
 
-def compute_cleanup():
+def compute_cleanup(failed=False):
+    """Leave the process group: after a barrier at the end of a run (gloo can abort if a peer tears down while
+    another still talks), at once after an error. A process that failed alone must not wait in a barrier
+    while its peers wait for it in another collective: it exits, and they fail with it (gloo at once; under
+    nccl, torchrun stops them when it sees a process fail)."""
     if dist.is_initialized():
-        dist.barrier()  # gloo can abort if a peer tears down while another still talks
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -141,7 +146,12 @@ def save_checkpoint(out_dir, state, device, **info):
     ckpt = {k: [o.state_dict() for o in v] if isinstance(v, list) else v.state_dict()
             for k, v in state.items()}
     ckpt["rng"] = rng_state(device)
-    torch.save({**ckpt, **info}, path + ".tmp")
+    try:
+        torch.save({**ckpt, **info}, path + ".tmp")
+    except BaseException:  # a full disk: the last checkpoint stays, and the space the partial one took is freed
+        with suppress(OSError):
+            os.remove(path + ".tmp")
+        raise
     os.replace(path + ".tmp", path)  # a crash mid-write never leaves a broken ckpt.pt
 
 

@@ -32,10 +32,34 @@ def pytest_configure(config):
 # ---- deadlines: a test that hangs fails the run, it does not hold CI ----
 
 
+def descendants(pid):
+    """The processes started under pid, at any depth (Linux's /proc): torchrun starts each rank in a session of
+    its own, out of reach of its process group."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_group(pgid):
+    """SIGKILL to the group and to everything started under its leader (found first: a dead leader's children
+    are no longer its)."""
+    below = descendants(pgid)
+    for kill, target in [(os.killpg, pgid)] + [(os.kill, pid) for pid in below]:
+        with contextlib.suppress(ProcessLookupError):
+            kill(target, signal.SIGKILL)
+
+
 def kill_children():
     for pgid in list(GROUPS):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        kill_group(pgid)
     for p in multiprocessing.active_children():  # pool workers and DDP ranks
         p.kill()
 
@@ -78,8 +102,7 @@ def started(cmd, **kw):
     try:
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
         proc.wait()
         GROUPS.discard(proc.pid)
 

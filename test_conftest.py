@@ -1,5 +1,5 @@
 """
-Tests of conftest.py, the harness the other tests run in: deadlines, and the DDP runner.
+Tests of conftest.py, the harness the other tests run in: deadlines, child processes, and the DDP runner.
 
     python -m pytest -q test_conftest.py
 """
@@ -7,13 +7,15 @@ Tests of conftest.py, the harness the other tests run in: deadlines, and the DDP
 import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 
-from conftest import run, run_ddp
+from conftest import run, run_ddp, started
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,3 +55,24 @@ def test_ddp_harness_kills_ranks_at_a_failure_or_the_deadline(how):
     assert time.monotonic() - t0 < 60
     assert ("-9]" if how == "hang" else "3]") in str(e.value)  # rank 1 killed at the deadline, or its own status
     assert multiprocessing.active_children() == []
+
+
+def test_started_kills_what_its_child_started_in_a_session_of_its_own():
+    """As torchrun starts its ranks: a hung torchrun test must not leave them running."""
+    code = ("import subprocess, time; p = subprocess.Popen(['sleep', '300'], start_new_session=True); "
+            "print(p.pid, flush=True); time.sleep(300)")
+    with started([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        pid = int(proc.stdout.readline())
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # dead, not yet reaped
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the grandchild outlived the block")
+

@@ -521,6 +521,26 @@ def test_sigterm_writes_checkpoint(tmp_path, data_dir):
     assert 3 <= step < 100000
 
 
+def tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    for value in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ():
+        yield from tensors(value)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_checkpoint_holds_each_tensor_once(tmp_path, data_dir, optimizer):
+    """What the last write of a preempted run costs: the weights and the optimizer state, once each (AdamW: 12
+    bytes a parameter; Muon: 8 a hidden one), plus scalars and the file's headers."""
+    model = T.train(small(tmp_path, data_dir, max_steps=2, eval_interval=0, optimizer=optimizer))["model"]
+    n = model.num_params()
+    hidden = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2) if optimizer == "muon" else 0
+    path = tmp_path / "out" / "ckpt.pt"
+    saved = sum(t.numel() * t.element_size() for t in tensors(torch.load(path)) if t.dim() > 0)
+    assert saved == 12 * n - 4 * hidden
+    assert os.path.getsize(path) < 1.01 * saved + 100_000
+
+
 def test_ctrl_c_ends_with_a_checkpoint_and_status_130(tmp_path, data_dir, monkeypatch):
     """SIGINT (Ctrl-C) during training, as SIGTERM: the step finishes, a checkpoint is written and main()
     returns 130, the shell's code for death by SIGINT. The signal comes at step 3, from this process to
@@ -711,6 +731,36 @@ def test_ddp_with_accumulation_matches_one_process(tmp_path, data_dir, extra):
     single = torch.load(tmp_path / "weights0.pt")
     for k in w0:
         torch.testing.assert_close(w0[k], single[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_failure_on_one_rank_ends_every_rank_at_once(tmp_path, data_dir):
+    """Rank 0's disk fills while it writes the step-4 checkpoint, as rank 1 waits for it in the next step's
+    gradient all-reduce. Rank 0 leaves at once with its error (no barrier where its peer waits in another
+    collective), rank 1 fails with it, and torchrun exits non-zero, in seconds where gloo's timeout is 30
+    minutes; the step-2 checkpoint and the log stay, and no partial file is left."""
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import errno, os, sys, torch
+        sys.path.insert(0, {HERE!r})
+        import train
+        save = torch.save
+        def full_disk(obj, path):
+            if os.environ["RANK"] == "0" and obj["step"] == 4:
+                open(path, "wb").write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            save(obj, path)
+        torch.save = full_disk
+        train.train(train.parse_args(sys.argv[1:]))
+    """))
+    out = tmp_path / "out"
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             f"--data={data_dir}", f"--out_dir={out}", "--max_steps=8", "--batch_size=2", "--seq_len=32",
+             "--eval_interval=2", "--eval_steps=1", "--sample_tokens=0", "--device=cpu"], 120,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})  # a hang is killed at the deadline and fails the test
+    assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "metrics.jsonl"]
+    assert torch.load(out / "ckpt.pt")["step"] == 2
+    assert max(json.loads(l).get("step", 0) for l in open(out / "metrics.jsonl")) == 4
 
 
 # ---- LLR and Muon inside train.py ----

@@ -421,12 +421,12 @@ def train(cfg):
                     print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
                            f"norm {grad_norm:.2f} | {1000 * dt:.0f} ms | {total / dt / 1000:.1f}k tok/s"
                            + (f" | mfu {100 * mfu:.1f}%" if peak else ""))
-        except BaseException:  # failed before its first step: leave out_dir as it was
-            metrics.close(failed=True, discard=step == start)
+        except BaseException:
+            metrics.close(failed=True, discard=step == start)  # failed before its first step: out_dir as it was
+            compute_cleanup(failed=True)
             raise
-        finally:
-            metrics.close()
-            compute_cleanup()
+        metrics.close()
+        compute_cleanup()
     seconds = {m: c.seconds for m, c in methods.items()} | seconds
     return summarize(step, train_loss, val_loss, train_time, seconds, cfg.out_dir,
                      interrupted=signalled[0] if signalled else None, model=model)
