@@ -1,5 +1,5 @@
 """
-Tests of conftest.py, the harness the other tests run in: deadlines, and the DDP runner.
+Tests of conftest.py, the harness the other tests run in: deadlines, the DDP runner, and the CUDA tests' skip.
 
     python -m pytest -q test_conftest.py
 """
@@ -53,3 +53,23 @@ def test_ddp_harness_kills_ranks_at_a_failure_or_the_deadline(how):
     assert time.monotonic() - t0 < 60
     assert ("-9]" if how == "hang" else "3]") in str(e.value)  # rank 1 killed at the deadline, or its own status
     assert multiprocessing.active_children() == []
+
+
+def test_without_a_gpu_the_gpu_tests_skip_and_say_why(tmp_path):
+    """python -m pytest -q -k cuda where torch sees no GPU (hidden here, whatever this machine has): the tests that
+    take the `cuda` fixture are skipped, not failed, and the console says why, under -q too."""
+    shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path)
+    (tmp_path / "test_gpu.py").write_text(textwrap.dedent("""
+        def test_cuda_one(cuda):
+            assert False
+
+        def test_cuda_two(cuda):
+            assert False
+
+        def test_elsewhere():
+            assert False
+    """))
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "test_gpu.py"], 120,
+            cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0 and "2 skipped, 1 deselected" in r.stdout, r.stdout
+    assert "2 CUDA tests skipped: needs a CUDA GPU (torch sees none)" in r.stdout, r.stdout
