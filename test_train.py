@@ -1062,14 +1062,15 @@ def test_cuda_dry_run_estimate_bounds_the_measured_peak(cuda, tmp_path):
                                           f"(and cuBLAS's workspaces {int(workspaces) / 1e9:.3f} GB)")
 
 
-@pytest.mark.parametrize("extra", [(), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")],
-                         ids=["adamw", "muon-llr"])
+@pytest.mark.parametrize("extra", [("--compile",), ("--optimizer=muon", "--llr", "--llr_interval=2", "--llr_ramp=1")],
+                         ids=["adamw-compile", "muon-llr"])
 def test_cuda_nccl_ddp_matches_one_process(cuda, tmp_path, data_dir, extra):
     """The README's multi-GPU command in small, on 2 GPUs: nccl, 2 processes x 2 accumulation steps in bfloat16
-    autocast end with bitwise the same weights on both ranks (all-reduced gradients, Muon's and LLR's work
-    shared out and gathered), and with the losses and weights of one process on one GPU that accumulates the
-    same 4 micro-batches, to 1e-4 of the loss and 1e-3 + 1e-4 of each weight: the CPU's gloo run measures 1.2e-7
-    and 3.5e-6 (test_ddp_with_accumulation_matches_one_process); on a GPU, kernels that sum with atomics (flash
+    autocast (AdamW with --compile, DDP around the compiled model; Muon with LLR) end with bitwise the same
+    weights on both ranks (all-reduced gradients, Muon's and LLR's work shared out and gathered), and with the
+    losses and weights of one process on one GPU that accumulates the same 4 micro-batches, to 1e-4 of the
+    loss and 1e-3 + 1e-4 of each weight: the CPU's gloo run measures 1.2e-7 and 3.5e-6
+    (test_ddp_with_accumulation_matches_one_process); on a GPU, kernels that sum with atomics (flash
     attention's backward) add their own rounding, unmeasured, for which the room is left."""
     if torch.cuda.device_count() < 2:
         pytest.skip(f"needs 2 CUDA GPUs ({torch.cuda.device_count()} here)")
