@@ -8,6 +8,8 @@ Benchmarks. Every figure is measured by the run that prints it.
     python bench.py speed         # training throughput against transformers' LlamaForCausalLM;
                                   # Muon against torch.optim.Muon
     python bench.py all --quick   # all three with tiny settings, in under two minutes
+    python bench.py gpu           # the README's 60M recipe on a CUDA GPU: tokens/s, MFU, peak
+                                  # memory, uniform and LLR, eager and compiled (not in `all`)
 
 Results go to results/ (JSON, markdown tables, PNG plots if matplotlib is installed).
 """
@@ -15,6 +17,7 @@ Results go to results/ (JSON, markdown tables, PNG plots if matplotlib is instal
 import argparse
 import contextlib
 import dataclasses
+import gc
 import glob
 import hashlib
 import json
@@ -44,7 +47,7 @@ import llr
 import plot
 import train
 from cli import Parser, UsageError
-from model import LLaMA, PRESETS
+from model import LLaMA, PRESETS, pad_vocab
 from prepare_fineweb import build_corpus, get_tokenizer, list_shards
 
 RESULTS = "results"
@@ -841,6 +844,120 @@ def speed(args):
     return rows
 
 
+# ---- 4. gpu: the README's 60M recipe on this machine's GPU ----
+
+T5_VOCAB = pad_vocab(32100)  # the recipe's data: T5's 32,100 tokens, padded as train.py pads them
+RECIPE_STEPS = 3200  # the recipe's run length, which sets LLR's cadence: a recompute every 40 steps
+
+
+class RandomTokens:
+    """Micro-batches of uniformly random tokens on the CPU, handed over as train.Loader hands them:
+    no data to prepare, and the same copy to the device every step as a real run."""
+
+    def __init__(self, batch_size, seq_len, vocab, n=8):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [torch.randint(0, vocab, (2, batch_size, seq_len), generator=g)
+                        for _ in range(n)]
+        self.i = 0
+
+    def next_batch(self):
+        self.i += 1
+        return tuple(self.batches[self.i % len(self.batches)])  # inputs, targets
+
+
+def gpu_step(preset, batch_size, seq_len, device, use_llr=False, compile=False, vocab=T5_VOCAB):
+    """(model, step): step() runs one optimizer step of the recipe on device and returns its loss:
+    one micro-batch of random tokens through train.py's own pieces (its model, optimizers and LLR;
+    forward and backward in bf16 autocast on CUDA), in its loop's order. The learning rates do not
+    change a step's time: no schedule."""
+    cfg = train.TrainConfig(preset=preset, batch_size=batch_size, seq_len=seq_len,
+                            max_steps=RECIPE_STEPS, lr=6e-4, llr=use_llr, device=device.type)
+    torch.manual_seed(cfg.seed)
+    model_cfg = dataclasses.replace(PRESETS[preset], vocab_size=vocab, max_seq_len=seq_len)
+    model = LLaMA(model_cfg).to(device)
+    opts = train.build_optimizers(model, cfg, fused=device.type == "cuda")
+    methods = train.layerwise_methods(model, opts, cfg)
+    wrapped = torch.compile(model) if compile else model
+    bf16 = common.uses_bf16(cfg, device.type)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    data, t = RandomTokens(batch_size, seq_len, vocab), [0]
+
+    def step():
+        loss = train.forward_backward(wrapped, data, 1, 1, device, amp)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loss = loss.item()  # the loop's host sync, before the layerwise methods
+        for method in methods.values():
+            method.step(t[0])
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        t[0] += 1
+        return loss
+    return model, step
+
+
+def timed(step, warmup, steps, device):
+    """Seconds of `steps` calls of step() after `warmup` untimed ones (compilation, the optimizer's
+    first state), and the peak bytes allocated on the GPU from the first call on."""
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(steps)]
+    torch.cuda.synchronize(device)
+    assert all(map(math.isfinite, losses)), "a non-finite loss"
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device)
+
+
+def gpu(args):
+    """Tokens/s, MFU and peak memory of the README's recipe on this machine's GPU (llama60m, T5's
+    vocabulary, 1024-token sequences, 32 a micro-batch or half as many until they fit), uniform AdamW
+    and with LLR, eager and (--compile=1) compiled. LLR recomputes every 40 steps, as in the first
+    20% of the recipe's run."""
+    device, T = torch.device("cuda"), 1024
+    name, peak = torch.cuda.get_device_name(device), common.peak_flops(device)
+    steps, warmup, batch_size = (10, 2, 4) if args.quick else (args.steps or 300, 10, 32)
+    with torch.device("meta"):  # its FLOPs a token, nothing allocated
+        shape = LLaMA(dataclasses.replace(PRESETS["llama60m"], vocab_size=T5_VOCAB, max_seq_len=T))
+    rows = []
+    for use_llr in (False, True):
+        for compile in (False, True)[:1 + args.compile]:
+            variant = f"{'LLR' if use_llr else 'uniform'} AdamW, {'compiled' if compile else 'eager'}"
+            while True:
+                try:
+                    step = gpu_step("llama60m", batch_size, T, device, use_llr, compile)[1]
+                    seconds, peak_bytes = timed(step, warmup, steps, device)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    print(f"{variant}: out of memory at {batch_size} sequences a micro-batch, "
+                          f"trying {batch_size // 2}", flush=True)
+                    batch_size //= 2
+                finally:  # this variant's model, optimizer state and compiled code leave the GPU
+                    step = None
+                    torch._dynamo.reset()
+                    gc.collect()
+                    torch.cuda.empty_cache()
+            tok_s = steps * batch_size * T / seconds
+            mfu = peak and shape.estimate_mfu(tok_s, T, peak)
+            rows.append({"variant": variant, "llr": use_llr, "compile": compile,
+                         "batch": [batch_size, T], "tok_s": tok_s, "mfu": mfu,
+                         "peak_gb": peak_bytes / 1e9})
+            print(f"{variant}: {tok_s / 1000:.1f}k tok/s" + (f", MFU {100 * mfu:.1f}%" if peak else "")
+                  + f", peak {peak_bytes / 1e9:.2f} GB", flush=True)
+    table = [f"{name}: llama60m with T5's vocabulary ({shape.num_params() / 1e6:.1f}M parameters), "
+             f"bf16 autocast, {steps} steps timed after {warmup}"
+             + ("" if peak else "; no MFU: this GPU is not in common.PEAK_FLOPS"), "",
+             "| variant | micro-batch | tokens/s | MFU | peak memory |", "|---|---|---|---|---|"]
+    table += [f"| {r['variant']} | {r['batch'][0]} x {T} | {r['tok_s'] / 1000:.1f}k | "
+              + (f"{100 * r['mfu']:.1f}%" if peak else "-") + f" | {r['peak_gb']:.2f} GB |"
+              for r in rows]
+    return {"device": name, "peak_flops": peak, "steps": steps, "warmup": warmup, "rows": rows,
+            "table": "\n".join(table)}
+
+
 # ---- command line ----
 
 
@@ -860,7 +977,7 @@ def names(allowed):
 def main(argv=None):
     p = Parser(prog="bench.py", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["quality", "cost", "speed", "all"])
+    p.add_argument("what", choices=["quality", "cost", "speed", "all", "gpu"])
     p.add_argument("--quick", action="store_true",
                    help="tiny settings, for a smoke test (under two minutes)")
     p.add_argument("--studies", type=names(STUDY_NAMES), default=STUDY_NAMES,
@@ -870,9 +987,11 @@ def main(argv=None):
     p.add_argument("--sweep_seeds", type=int, default=1,
                    help="seeds per value of the sweep (the chosen value always gets --seeds)")
     p.add_argument("--steps", type=int, default=0,
-                   help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny)")
+                   help="steps of every benchmark run; 0 = the size's own (5 tokens/param at tiny; "
+                        "gpu: 300 timed)")
     p.add_argument("--compile", type=int, default=1, choices=[0, 1],
-                   help="torch.compile the benchmark runs (not the demo's)")
+                   help="torch.compile the benchmark runs (not the demo's); gpu: time the compiled "
+                        "step too")
     p.add_argument("--gpt2", default="gpt2",
                    help="GPT-2's BPE ranks for the tiny_bpe corpus: gpt2 (tiktoken downloads them) "
                         "or a copy of the ranks file (PATH.tiktoken)")
@@ -881,6 +1000,9 @@ def main(argv=None):
         for key, least in (("seeds", 1), ("sweep_seeds", 1), ("steps", 0)):
             if getattr(args, key) < least:
                 p.error(f"--{key} must be >= {least}, got {getattr(args, key)}")
+        if args.what == "gpu" and not torch.cuda.is_available():
+            raise UsageError("the gpu section needs a CUDA GPU, and torch sees none here; "
+                             "run it on a GPU machine")
     except UsageError as e:  # one line and exit status 2, like every script here
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -912,11 +1034,12 @@ def sections(args):
     env = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}
     report = {"env": env}
-    for name, fn in (("cost", cost), ("speed", speed), ("quality", quality)):
-        if args.what in (name, "all"):
+    for name, fn in (("cost", cost), ("speed", speed), ("quality", quality), ("gpu", gpu)):
+        if args.what == name or args.what == "all" and name != "gpu":  # `all`: the CPU's sections
             report[name] = fn(args)
-            if name == "quality":
+            if name in ("quality", "gpu"):
                 print(report[name]["table"])
+            if name == "quality":
                 # one file per study, so that benchmarks of different studies may run side by side
                 for study in args.studies:
                     rows = [r for r in report[name]["rows"] if r["study"] == study]

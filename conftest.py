@@ -1,8 +1,10 @@
 """
 What the test files share: a deadline for every test, child processes that die with their test, the one
-DDP harness, and test matrices with a known spectrum. pytest loads this file by itself.
+DDP harness, test matrices with a known spectrum, and the GPU of the CUDA tests. pytest loads this file by
+itself.
 
     python -m pytest -q
+    python -m pytest -q -k cuda     # the CUDA smoke test, on a GPU machine (skipped, with why, elsewhere)
 """
 
 import contextlib
@@ -193,6 +195,30 @@ def with_spectrum(rows, cols, s, seed=0, dtype=None):
     u, _ = torch.linalg.qr(randn(rows, seed))
     v, _ = torch.linalg.qr(randn(cols, seed + 1))
     return ((u * torch.as_tensor(s, dtype=torch.float64)) @ v.T).to(dtype or torch.float32)
+
+
+# ---- the CUDA tests: every test named *cuda* runs on the GPU; python -m pytest -q -k cuda selects them ----
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """The device of a CUDA test, 'cuda'. Without one the test is skipped, with the reason; with one, a
+    dependency it lacks fails it (the tests import them plainly), so that a GPU run checks everything."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch sees none): run python -m pytest -q -k cuda on a GPU machine")
+    return "cuda"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reasons CUDA tests were skipped, on the console even under -q (which shows no reasons)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if "cuda" in report.nodeid.split("::")[-1].split("[")[0] and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in reasons.items():
+        terminalreporter.write_line(f"{n} CUDA test{'s' * (n > 1)} skipped: {reason}")
 
 
 # ---- data ----

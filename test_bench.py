@@ -4,6 +4,7 @@ Tests of bench.py's own machinery (the benchmark itself runs in miniature in tes
     python -m pytest -q test_bench.py
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ import torch
 
 import bench
 import llr
-from conftest import started, wait_for_line
+from conftest import run, started, wait_for_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -415,3 +416,68 @@ def test_busy_cpu_burners_die_with_the_block_however_it_ends():
 def test_recompute_under_load_times_both():
     row = bench.recompute_under_load(["tiny"], reps=1)["tiny"]
     assert row["quiet_ms"] > 0 and row["busy_ms"] > 0 and row["ratio"] == pytest.approx(row["busy_ms"] / row["quiet_ms"])
+
+
+# ---- bench.py gpu: the README's recipe on a GPU ----
+
+
+def test_gpu_without_cuda_is_one_line_and_exit_2(tmp_path):
+    """python bench.py gpu where torch sees no GPU (hidden here, whatever the machine has): one line saying that a
+    GPU is needed, exit status 2, nothing written."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for argv in (["gpu"], ["gpu", "--quick"]):
+        r = run([sys.executable, os.path.join(HERE, "bench.py"), *argv], 120, cwd=tmp_path, env=env)
+        assert r.returncode == 2 and r.stderr.startswith("bench.py: error:") and "needs a CUDA GPU" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_all_leaves_the_gpu_section_out_and_gpu_saves_its_table(tmp_path, monkeypatch, capsys):
+    """`all` is the CPU's three sections; `gpu` runs alone, with its flags, prints its table and saves it with
+    the rows in results/gpu.json."""
+    calls = []
+
+    def section(name):
+        return lambda args: calls.append((name, args.steps)) or {"rows": [], "table": f"| {name} |", "setup": {}}
+    for name in ("cost", "speed", "quality", "gpu"):
+        monkeypatch.setattr(bench, name, section(name))
+    monkeypatch.chdir(tmp_path)
+    bench.main(["all"])
+    assert [name for name, _ in calls] == ["cost", "speed", "quality"]
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, as far as main() can tell
+    bench.main(["gpu", "--steps=7"])
+    assert calls == [("gpu", 7)] and "| gpu |" in capsys.readouterr().out
+    with open(tmp_path / "results" / "gpu.json") as f:
+        saved = json.load(f)
+    assert saved["gpu"]["table"] == "| gpu |" and saved["env"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("use_llr", [False, True])
+def test_the_gpu_sections_step_trains_on_cpu(use_llr, monkeypatch):
+    """bench.py gpu's step, with tiny on the CPU: train.py's pieces take an optimizer step each call (every weight
+    moves, the loss is finite and near ln(vocabulary) on random tokens), LLR recomputing at the recipe's cadence
+    (its first step only, of 3: every 40 steps of 3,200)."""
+    recomputes, step_of = [], llr.LLR.step
+    monkeypatch.setattr(llr.LLR, "step", lambda self, t: recomputes.append((t, step_of(self, t) is not None)))
+    model, step = bench.gpu_step("tiny", 2, 16, torch.device("cpu"), use_llr=use_llr, vocab=320)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = [step() for _ in range(3)]
+    assert all(math.isfinite(x) and abs(x - math.log(320)) < 0.5 for x in losses), losses
+    assert not any(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert recomputes == ([(0, True), (1, False), (2, False)] if use_llr else [])
+
+
+@pytest.mark.deadline(1200)  # torch.compile of llama60m, twice
+def test_cuda_bench_gpu_measures_every_variant(cuda):
+    """bench.py gpu's section in small (--quick's 10 steps of 4 sequences), compiled too: a row per variant, with
+    tokens/s, an MFU below 1 (or none, for a GPU not in common.PEAK_FLOPS) and a peak under the GPU's memory."""
+    report = bench.gpu(argparse.Namespace(quick=True, steps=0, compile=1))
+    assert [r["variant"] for r in report["rows"]] == ["uniform AdamW, eager", "uniform AdamW, compiled",
+                                                        "LLR AdamW, eager", "LLR AdamW, compiled"]
+    memory = torch.cuda.get_device_properties(0).total_memory / 1e9
+    for r in report["rows"]:
+        assert r["tok_s"] > 0 and 0 < r["peak_gb"] < memory and r["batch"] == [4, 1024], r
+        assert (r["mfu"] is None) == (report["peak_flops"] is None) and (r["mfu"] is None or 0 < r["mfu"] < 1), r
+    rows = [line for line in report["table"].splitlines() if line.startswith("| ") and "AdamW" in line]
+    assert len(rows) == 4 and report["device"] in report["table"]

@@ -1,6 +1,7 @@
 """
 Tests of common.py: checkpoints resume on another device than they were written on (RNG states, an
-optimizer's kernel), the GPU table behind the console's MFU.
+optimizer's kernel), the GPU table behind the console's MFU; on a GPU (-k cuda), a run that moves from the GPU
+to the CPU and back, and the export of a run the GPU trained.
 
     python -m pytest -q test_common.py
 """
@@ -15,7 +16,10 @@ import pytest
 import torch
 
 import common
+import export_hf
+import train
 from conftest import run
+from model import LLaMA, ModelConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -213,24 +217,24 @@ def test_more_processes_than_gpus_is_a_usage_error(monkeypatch):
         common.compute_init(Cfg(device="auto"))
 
 
-# ---- on a GPU: python -m pytest -q -k cuda ----
+# ---- on a GPU: python -m pytest -q -k cuda (each skipped, with the reason, without one) ----
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_compile_bf16_resume_across_devices_sample_export(tmp_path, data_dir):
-    """tiny on the GPU with --compile in bf16, stopped and resumed on the CPU, then on the GPU again to the end;
-    sample.py and export_hf.py read the run. Each invocation is a user's command line."""
-    pytest.importorskip("safetensors")  # export_hf.py's extra
+def test_cuda_compile_bf16_resume_across_devices(cuda, tmp_path, data_dir):
+    """tiny on the GPU with --compile in bf16, stopped and resumed on the CPU, then on the GPU again to the end,
+    each invocation a user's command line: each leg runs the optimizer kernel of its device and says when the
+    precision changes, the GPU's legs show their GPU and MFU, and the run trains on across both moves."""
     out = tmp_path / "out"
-    cli = lambda script, *args: run([sys.executable, os.path.join(HERE, script), *args], 600, cwd=tmp_path)
     steps = [f"--data={data_dir}", f"--out_dir={out}", "--max_steps=30", "--batch_size=8", "--seq_len=64",
              "--eval_interval=10", "--eval_steps=2", "--log_interval=5"]
-    for args in (["--device=cuda", "--compile", "--stop_after=10"], ["--device=cpu", "--resume", "--stop_after=10"],
-                 ["--device=cuda", "--compile", "--resume"]):
-        r = cli("train.py", *steps, *args)
+    for args, precision in [(["--device=cuda", "--compile", "--stop_after=10"], None),
+                            (["--device=cpu", "--resume", "--stop_after=10"], "float32 here"),
+                            (["--device=cuda", "--compile", "--resume"], "bfloat16 here")]:
+        r = run([sys.executable, os.path.join(HERE, "train.py"), *steps, *args], 600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         fused = [g["fused"] for g in torch.load(out / "ckpt.pt")["optimizers"][0]["param_groups"]]
         assert set(fused) == {args[0] == "--device=cuda"}  # the kernel of the device it ran on
+        assert precision is None or precision in r.stdout, r.stdout  # the --dtype=auto note, on each move
         if args[0] == "--device=cuda":
             assert "cuda:0" in r.stdout and ("| mfu " in r.stdout or "no MFU: this GPU" in r.stdout), r.stdout
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -238,7 +242,23 @@ def test_cuda_compile_bf16_resume_across_devices_sample_export(tmp_path, data_di
     losses = [r["loss"] for r in records if "loss" in r]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(losses) == 30 and all(np.isfinite(losses)) and vals[-1] < vals[0] - 1
-    r = cli("sample.py", f"--out_dir={out}", "--device=cuda", "--num_samples=2", "--max_new_tokens=16")
-    assert r.returncode == 0 and r.stdout.count("-" * 40) == 2, r.stderr[-3000:]
-    r = cli("export_hf.py", str(out), str(tmp_path / "hf"))
-    assert r.returncode == 0 and (tmp_path / "hf" / "model.safetensors").exists(), r.stderr[-3000:]
+
+
+def test_cuda_export_of_a_gpu_run_gives_its_logits_in_transformers(cuda, tmp_path, data_dir):
+    """export_hf.py of a run trained on the GPU (its checkpoint's tensors tagged cuda:0): transformers loads it
+    onto the GPU and gives our model's float32 logits there to 1e-4 (on CPU 1e-5, test_export_hf.py; the GPU's
+    kernels round differently). Here, not in test_export_hf.py, which skips as a whole without transformers: on
+    a GPU a missing export extra fails this test."""
+    import safetensors  # noqa: F401  (export_hf.py's extras: requirements-dev.txt)
+    import transformers
+    out, hf_dir = tmp_path / "out", tmp_path / "hf"
+    train.train(train.TrainConfig(data=data_dir, out_dir=str(out), max_steps=10, batch_size=4, seq_len=32,
+                                  eval_interval=10, eval_steps=1, sample_tokens=0, device=cuda))
+    assert export_hf.main([str(out), str(hf_dir)]) == 0
+    ckpt = torch.load(out / "ckpt.pt", map_location=cuda)
+    ours = LLaMA(ModelConfig(**ckpt["model_config"])).to(cuda)
+    ours.load_state_dict(ckpt["model"])
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(cuda)
+    idx = torch.randint(0, 257, (2, 32), generator=torch.Generator().manual_seed(0)).to(cuda)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)

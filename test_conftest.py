@@ -1,5 +1,6 @@
 """
-Tests of conftest.py, the harness the other tests run in: deadlines, child processes, and the DDP runner.
+Tests of conftest.py, the harness the other tests run in: deadlines, child processes, the DDP runner, and the
+CUDA tests' skip.
 
     python -m pytest -q test_conftest.py
 """
@@ -76,3 +77,22 @@ def test_started_kills_what_its_child_started_in_a_session_of_its_own():
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the grandchild outlived the block")
 
+
+def test_without_a_gpu_the_gpu_tests_skip_and_say_why(tmp_path):
+    """python -m pytest -q -k cuda where torch sees no GPU (hidden here, whatever this machine has): the tests that
+    take the `cuda` fixture are skipped, not failed, and the console says why, under -q too."""
+    shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path)
+    (tmp_path / "test_gpu.py").write_text(textwrap.dedent("""
+        def test_cuda_one(cuda):
+            assert False
+
+        def test_cuda_two(cuda):
+            assert False
+
+        def test_elsewhere():
+            assert False
+    """))
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "test_gpu.py"], 120,
+            cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0 and "2 skipped, 1 deselected" in r.stdout, r.stdout
+    assert "2 CUDA tests skipped: needs a CUDA GPU (torch sees none)" in r.stdout, r.stdout

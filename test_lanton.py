@@ -279,3 +279,27 @@ def test_ddp_ranks_agree(tmp_path):
         if a:
             assert a["multipliers"] == pytest.approx(b["multipliers"], rel=1e-12)
             assert a["noise"] == pytest.approx(b["noise"], rel=1e-12)
+
+
+# ---- on a GPU: python -m pytest -q -k cuda (skipped, with the reason, without one) ----
+
+
+def test_cuda_lanton_is_the_cpus(cuda):
+    """LANTON on the GPU, given the CPU's gradients: its dual norms are float64 there as here (nuclear norms
+    through llr.esd in float64, l1 norms of float64 differences), so noise and multipliers agree to 1e-9 at
+    every refresh (float64 sums in another order)."""
+    (cpu, cpu_opt), (gpu, gpu_opt) = toy(), toy()
+    gpu.to(cuda)
+    ctrls = [LANTON(cpu, cpu_opt, LANTONConfig(every=2)), LANTON(gpu, gpu_opt, LANTONConfig(every=2))]
+    refreshes = 0
+    for step in range(7):
+        grads = set_grads(cpu, step)
+        for name, p in gpu.named_parameters():
+            p.grad = grads[name].to(cuda)
+        here, there = (ctrl.step(step) for ctrl in ctrls)
+        assert (here is None) == (there is None)
+        if here:
+            refreshes += 1
+            for key in ("noise", "multipliers"):
+                assert there[key] == pytest.approx(here[key], rel=1e-9), key
+    assert refreshes == 3 and scales(ctrls[1]) == pytest.approx(scales(ctrls[0]), rel=1e-9)

@@ -5,6 +5,7 @@ DDP agreement, and Muon against torch.optim.Muon. CPU only, no network, tiny siz
     python -m pytest -q test_llr.py
 """
 
+import dataclasses
 import math
 import os
 import pickle
@@ -19,6 +20,7 @@ from conftest import run_ddp, with_spectrum
 from lanton import LANTON
 from common import layer_table
 from llr import LLR, LLRConfig, Muon, alpha_to_multipliers, esd, hill_alpha, orthogonalize, param_groups
+from model import LLaMA, PRESETS
 
 
 def randn(*shape, seed=0, std=1.0):
@@ -817,3 +819,59 @@ def test_ddp_muon_when_another_rank_holds_the_largest_share(tmp_path):
         weights, momenta = pickle.load(open(tmp_path / f"uneven{r}.pkl", "rb"))
         for a, b in zip(single[0] + single[1], weights + momenta):
             assert torch.equal(a, b), r
+
+
+# ---- on a GPU: python -m pytest -q -k cuda (each skipped, with the reason, without one) ----
+
+
+def test_cuda_alphas_are_the_cpus(cuda):
+    """llr.alphas of the same weights on the GPU and on the CPU. The GPU's spectra run in float64 (llr.esd: a
+    float32 matmul there may be TF32), the CPU's in float32, so the GPU's Hill alphas are the CPU's float64 ones
+    to 1e-9 (float64 sums in another order) and the CPU's own, with either estimator, to 1e-5 (on CPU float32's
+    are within 1.5e-6 of float64's for these matrices, FARMS's within 2.5e-7). The matrices: llama60m's first
+    block, embedding and head at init (square, 2:1, T5's 32,128 x 768) and two with a power-law spectrum."""
+    torch.manual_seed(0)
+    model = LLaMA(dataclasses.replace(PRESETS["llama60m"], vocab_size=32128))
+    named = [(n, p.detach()) for n, p in model.named_parameters()
+             if p.ndim == 2 and (n.startswith("layers.0.") or "layers." not in n)]
+    s = torch.arange(1, 257, dtype=torch.float64) ** -0.7
+    named += [(f"power_law{i}", with_spectrum(512, 256, s, seed=i)) for i in range(2)]
+    on_gpu = [(n, w.to(cuda)) for n, w in named]
+    for estimator in ("hill", "farms"):
+        gpu, cpu = llr.alphas(on_gpu, estimator=estimator), llr.alphas(named, estimator=estimator)
+        assert gpu.keys() == cpu.keys() and all(math.isfinite(a) for a in cpu.values())
+        for name, a in cpu.items():
+            assert abs(gpu[name] - a) <= 1e-5 * a, (estimator, name, gpu[name], a)
+        if estimator == "hill":
+            for name, w in named:
+                a = hill_alpha(esd(w, torch.float64))
+                assert abs(gpu[name] - a) <= 1e-9 * a, (name, gpu[name], a)
+
+
+def test_cuda_muon_orthogonalizes_in_bf16_as_torch_muon_does(cuda):
+    """On the GPU Muon's Newton-Schulz runs in bfloat16 (llr.ns_dtype): bit for bit torch.optim.Muon's there (the
+    same ops, as on CPU: test_muon_matches_torch_muon), each matrix of a stack on its own, within 3% of the CPU's
+    float32 result (bfloat16 against float32 on CPU: 1.1-1.3%, measured with orthogonalize(dtype=bfloat16)), its
+    singular values in (0.5, 1.5) for rectangles; and a Muon step on the GPU moves the weights as the CPU's, to
+    the same 3%."""
+    for shape in [(768, 768), (1512, 768), (768, 1512), (3, 344, 128)]:
+        u = randn(*shape, seed=1)
+        ours = orthogonalize(u.to(cuda))
+        assert ours.dtype == torch.bfloat16
+        on_cpu = orthogonalize(u)
+        assert (ours.float().cpu() - on_cpu).norm() <= 0.03 * on_cpu.norm(), shape
+        sv = torch.linalg.svdvals(ours.float())
+        assert sv.max() < 1.5 and (shape[-1] == shape[-2] or sv.min() > 0.5), (shape, sv.min(), sv.max())
+        if u.ndim == 2:
+            theirs = torch.optim._muon._zeropower_via_newtonschulz(u.to(cuda), (3.4445, -4.7750, 2.0315), 5, 1e-7)
+            assert torch.equal(ours, theirs), shape
+    p0 = randn(64, 32)
+    ps = [nn.Parameter(p0.clone()), nn.Parameter(p0.to(cuda))]
+    opts = [Muon([p], lr=0.02, weight_decay=0.1) for p in ps]
+    for step in range(3):
+        g = randn(64, 32, seed=100 + step)
+        for p, opt in zip(ps, opts):
+            p.grad = g.to(p.device)
+            opt.step()
+    moved = [p.detach().cpu() - p0 for p in ps]
+    assert (moved[1] - moved[0]).norm() <= 0.03 * moved[0].norm()

@@ -173,3 +173,26 @@ def test_a_run_on_a_hugging_face_tokenizer(hf_run, capsys):
     ids = model.generate(torch.tensor([[1] + enc.encode("the ")]), 12, temperature=0)[0, 1:].tolist()
     assert text.startswith("the ") and text == decode(enc, ids)
     one_line_error(capsys, [f"--out_dir={out}", "--start=a </s> b"], "--start", "cannot be encoded")
+
+
+# ---- on a GPU: python -m pytest -q -k cuda (skipped, with the reason, without one) ----
+
+
+def test_cuda_samples_of_a_gpu_run(cuda, tmp_path, data_dir):
+    """sample.py --device=cuda on a run trained on the GPU: a greedy sample is the model's own greedy text on the
+    GPU, and a seed gives the same samples again (the GPU's generator)."""
+    out = tmp_path / "out"
+    T.train(T.TrainConfig(data=data_dir, out_dir=str(out), max_steps=10, batch_size=4, seq_len=32, eval_interval=10,
+                          eval_steps=1, sample_tokens=0, device=cuda))
+    cli = lambda *args: subprocess.run([sys.executable, os.path.join(HERE, "sample.py"), f"--out_dir={out}",
+                                        "--device=cuda", "--max_new_tokens=16", *args],
+                                       capture_output=True, text=True, timeout=300)
+    greedy = cli("--start=Th", "--num_samples=1", "--temperature=0")
+    assert greedy.returncode == 0, greedy.stderr
+    model, meta = sample.load_model(str(out), torch.device(cuda))
+    enc = get_tokenizer(meta["tokenizer"])
+    ids = model.generate(torch.tensor([[enc.eot_token] + enc.encode("Th")], device=cuda), 16, temperature=0)
+    assert greedy.stdout.split("\n" + "-" * 40)[0] == decode(enc, ids[0, 1:].tolist())
+    seeded = [cli("--num_samples=2", "--seed=3") for _ in range(2)]
+    assert seeded[0].returncode == 0 and seeded[0].stdout.count("-" * 40) == 2, seeded[0].stderr
+    assert seeded[0].stdout == seeded[1].stdout
