@@ -700,16 +700,71 @@ def test_help_lists_every_field_with_its_default_and_help():
     assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 
 
+def counting(tensors):
+    """A LiveBytes that counts these tensors' storages as live from the start, until they are freed."""
+    live = LiveBytes()
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in live.live:
+            live.live[key] = storage.nbytes()
+            live.now += storage.nbytes()
+            weakref.finalize(storage, live.free, key)
+    live.peak = live.now
+    return live
+
+
+def in_buckets(ddp):
+    """Whether every gradient of a DDP module that has re-bucketed is a view into its bucket: one storage a
+    bucket, of the bucket's size (DDP's logging data lists each bucket's bytes and parameters)."""
+    info, params = ddp._get_ddp_logging_data(), list(ddp.module.parameters())
+    for size, indices in zip(info["rebuilt_bucket_sizes"].split(", "),
+                             info["rebuilt_per_bucket_param_indices"].split(", ")):
+        grads = [params[int(i)].grad for i in indices.split()]
+        if any(g is None for g in grads) or {(g.untyped_storage().data_ptr(), g.untyped_storage().nbytes())
+                                             for g in grads} != {(grads[0].untyped_storage().data_ptr(), int(size))}:
+            return False
+    return True
+
+
+def watch_ddp(ddp, probe):
+    """Probes on every training forward of a DDP module: into probe['peaks'] the peak bytes of its gradients
+    and of what DDP allocates before the module's own forward (where it re-buckets, once); into
+    probe['in_buckets'], once it has re-bucketed, in_buckets(ddp) as the module's forward starts."""
+    watching = []
+
+    def before(module, args):
+        if torch.is_grad_enabled():
+            watching.append(counting([p.grad for p in module.parameters() if p.grad is not None]).__enter__())
+
+    def inside(module, args):
+        if watching:
+            live = watching.pop()
+            live.__exit__(None, None, None)
+            probe["peaks"].append(live.peak)
+            if ddp._get_ddp_logging_data().get("has_rebuilt_buckets"):
+                probe["in_buckets"].append(in_buckets(ddp))
+
+    ddp.register_forward_pre_hook(before)
+    ddp.module.register_forward_pre_hook(inside)
+    return ddp
+
+
 def ddp_worker_script(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, torch
+        import json, os, sys, torch
         sys.path.insert(0, {HERE!r})
-        import train
+        import test_train, train
+        probe, wrap = {{"in_buckets": [], "peaks": []}}, train.wrap_ddp
+        train.wrap_ddp = lambda model, device: test_train.watch_ddp(wrap(model, device), probe)
         cfg = train.parse_args(sys.argv[1:])
         s = train.train(cfg)
-        rank = __import__("os").environ.get("RANK", "0")
+        rank = os.environ.get("RANK", "0")
         torch.save({{k: v for k, v in s["model"].state_dict().items()}}, {str(tmp_path)!r} + f"/weights{{rank}}.pt")
+        if probe["peaks"]:
+            with open({str(tmp_path)!r} + f"/probe{{rank}}.json", "w") as f:
+                json.dump(probe, f)
     """))
     return script
 
@@ -721,7 +776,8 @@ def test_ddp_with_accumulation_matches_one_process(tmp_path, data_dir, extra):
     last micro-batch only, end with bitwise the same weights on both ranks, and with the losses and weights of
     one process that accumulates the same 4 micro-batches, summed in another order: measured here 1.2e-7 apart
     in the loss (relative) and 3.5e-6 in the weights (absolute) after 6 steps with AdamW, 0 and 6e-7 with Muon
-    and LLR."""
+    and LLR. Each rank holds one copy of the gradients, DDP's buckets, also after a micro-batch that does not
+    all-reduce (watch_ddp's probes)."""
     script = ddp_worker_script(tmp_path)
     common = [f"--data={data_dir}", "--max_steps=6", "--batch_size=2", "--seq_len=32", "--total_batch_tokens=256",
               "--eval_interval=3", "--eval_steps=2", *extra, "--device=cpu"]  # gloo on CPU, however many GPUs there are
@@ -733,6 +789,15 @@ def test_ddp_with_accumulation_matches_one_process(tmp_path, data_dir, extra):
     w0, w1 = torch.load(tmp_path / "weights0.pt"), torch.load(tmp_path / "weights1.pt")
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
+    # no second copy of the gradients: at every training forward from the second step's second micro-batch
+    # (DDP's logging data lists the new buckets from then) every gradient is a view into its bucket, also after
+    # a micro-batch that did not all-reduce; and DDP's re-bucketing, once, held two copies, as estimated
+    est = estimate_memory(dataclasses.replace(PRESETS["tiny"], vocab_size=320, max_seq_len=32), 2, 32, False, ddp=True)
+    for rank in (0, 1):
+        probe = json.loads((tmp_path / f"probe{rank}.json").read_text())
+        assert probe["in_buckets"] == [True] * 9, probe["in_buckets"]
+        # (give or take a few bytes of DDP's own bookkeeping)
+        assert max(probe["peaks"]) == pytest.approx(est["grads"] + est["DDP re-bucketing"], rel=1e-4), probe["peaks"]
     r = run([sys.executable, str(script), *common, f"--out_dir={tmp_path}/one"], 240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "256 tokens/step (4 accumulation)" in r.stdout, r.stdout[-3000:]
