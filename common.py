@@ -55,8 +55,9 @@ def compute_init(cfg):
 
 def wrap_ddp(model, device):
     """DDP over the process group, with the gradients as views into its all-reduce buckets: one copy of
-    them in memory instead of two, and the same sums (nothing here keeps a gradient past its step). No
-    buffer is broadcast before each forward: the only ones, RoPE's, are the same on every rank."""
+    them in memory instead of two while they are zeroed in place, never set to None (train.py), and the same
+    sums (nothing here keeps a gradient past its step). No buffer is broadcast before each forward: the only
+    ones, RoPE's, are the same on every rank."""
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                gradient_as_bucket_view=True, broadcast_buffers=False)
 

@@ -257,34 +257,53 @@ def block_bytes(cfg, bf16):
     return norms + inputs + attention + mlp
 
 
-def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chunk=0, checkpoint_blocks=False):
+def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chunk=0, checkpoint_blocks=False,
+                    lanton=False, ddp=False):
     """Estimated peak bytes of one training process, by part, from the config alone (the model is built on the
-    meta device: nothing of its size is allocated). The peak comes at the start of a micro-batch's backward,
-    once gradients and optimizer state exist: everything the forward saved, plus the loss's transients."""
+    meta device: nothing of its size is allocated). Weights, grads, optimizer state and LANTON's gradient copy
+    are there throughout; the peak adds the largest of what three moments hold beside them: the end of a
+    micro-batch's forward (the activations, every bf16 weight copy, the loss's forward), the start of its
+    backward or a recomputed block's (the activations, the copies saved for backward, the loss's or the block's
+    transients), and under DDP its one re-bucketing of the gradients (at the second step, before any forward)."""
     with torch.device("meta"):
         model = LLaMA(cfg)
     n, head = model.num_params(), model.lm_head.weight.numel()
     hidden = sum(p.numel() for p in model.layers.parameters() if p.dim() == 2)  # blocks' matrices (Muon's)
     tokens, d = batch_size * seq_len, cfg.dim
+    loss_tokens = min(loss_chunk or tokens, tokens)  # the tokens whose logits exist at once
     saved_block = 4 * d if checkpoint_blocks else block_bytes(cfg, bf16)  # checkpointed: its float32 input
     final = 8 * d + 4 + (2 if bf16 else 4) * d + 8  # the last norm, the head's input, the token ids
-    # the loss at the start of backward: log-softmax's saved float32 output, its gradient and the logits'
-    # gradient, 12 bytes x vocab a token, for the whole micro-batch or one chunk; a chunk adds its own
-    # gradient of the head (float32; under autocast its bf16 copy of the head and the gradient in bf16)
-    logits = 12 * cfg.vocab_size * min(loss_chunk or tokens, tokens) + (4 * head if loss_chunk else 0)
-    # autocast's bf16 copies of the matrices, saved for backward where nothing recomputes them
-    copies = 2 * ((0 if checkpoint_blocks else hidden) + (0 if loss_chunk else head)) if bf16 else 0
+    # autocast's bf16 copy of a matrix lives in its cache until the forward's autocast region ends, then on
+    # where backward needs it: every matrix's but those a checkpointed block or loss chunk recomputes (and
+    # copies again, one block or chunk at a time)
+    copies = 2 * (hidden + head) if bf16 else 0
+    saved_copies = 2 * ((0 if checkpoint_blocks else hidden) + (0 if loss_chunk else head)) if bf16 else 0
     parts = {
         "weights": 4 * n,
-        "bf16 weight copies": copies,
         "grads": 4 * n,
         # a momentum (Muon's, LARS's), or Adam's two moments (AdamW's, LAMB's)
         "optimizer": {"muon": 4 * hidden + 8 * (n - hidden), "lars": 4 * n}.get(optimizer, 8 * n),
+        # the last gradient of every parameter, float32, kept from one step to the next every `every` steps
+        "LANTON grad copy": 4 * n if lanton else 0,
         "activations": tokens * (cfg.n_layers * saved_block + final),
-        "logits and loss": logits,
-        "recomputed block": tokens * block_bytes(cfg, bf16) if checkpoint_blocks else 0,
+        "bf16 weight copies": copies,
+        # at the end of the forward: the float32 logits (and their bf16 original under autocast) and
+        # log-softmax's float32 output, for the whole micro-batch or one chunk
+        "loss in forward": (10 if bf16 else 8) * cfg.vocab_size * loss_tokens,
+        # at the start of backward: log-softmax's saved float32 output, its gradient and the logits' gradient,
+        # 12 bytes x vocab a token; a chunk adds its own gradient of the head (float32; under autocast its
+        # bf16 copy of the head and the gradient in bf16)
+        "logits and loss": 12 * cfg.vocab_size * loss_tokens + (4 * head if loss_chunk else 0),
+        # what one block saves for backward when recomputed, and its matrices' bf16 copies
+        "recomputed block": (tokens * block_bytes(cfg, bf16) + (2 * hidden // cfg.n_layers if bf16 else 0)
+                             if checkpoint_blocks else 0),
+        # once, at the second step's first forward: DDP's new buckets (in the order backward made the
+        # gradients) are filled from the old ones, and both are held at once
+        "DDP re-bucketing": 4 * n if ddp else 0,
     }
-    # the loss's transients are gone before the first block is recomputed
-    transient = max(parts["logits and loss"], parts["recomputed block"])
-    parts["total"] = sum(parts.values()) - parts["logits and loss"] - parts["recomputed block"] + transient
+    p = parts
+    moments = [p["activations"] + copies + p["loss in forward"],
+               p["activations"] + saved_copies + max(p["logits and loss"], p["recomputed block"]),
+               p["DDP re-bucketing"]]
+    parts["total"] = p["weights"] + p["grads"] + p["optimizer"] + p["LANTON grad copy"] + max(moments)
     return parts

@@ -407,7 +407,10 @@ def train(cfg):
                             group["lr"] *= group["lr_scale"]
                 for optimizer in opts:
                     optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    # under DDP the gradients are views into its buckets (common.wrap_ddp): zeroed in place, they
+                    # stay so, and the micro-batches that do not all-reduce add into the buckets; set to None,
+                    # those would build a second copy of the gradients beside the buckets
+                    optimizer.zero_grad(set_to_none=world == 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # so that dt times the step, not its launch
                 dt = time.perf_counter() - t0
@@ -435,17 +438,23 @@ def train(cfg):
 # ---- command line ----
 
 def memory_report(cfg):
-    """--dry_run: model.estimate_memory of this run by part, per process (each rank's is the same)."""
+    """--dry_run: model.estimate_memory of this run by part, per process (each rank's is the same; under
+    torchrun, with DDP's re-bucketing)."""
     check_config(dataclasses.replace(cfg, device="cpu"))  # planning a GPU run needs no GPU
     vocab = pad_vocab(read_meta(cfg.data)["vocab_size"]) if cfg.data else PRESETS[cfg.preset].vocab_size
     model_cfg = dataclasses.replace(PRESETS[cfg.preset], vocab_size=vocab, max_seq_len=cfg.seq_len)
-    bf16 = uses_bf16(cfg, device_type(cfg))
+    bf16, ddp = uses_bf16(cfg, device_type(cfg)), int(os.environ.get("WORLD_SIZE", 1)) > 1  # as compute_init
     parts = estimate_memory(model_cfg, cfg.batch_size, cfg.seq_len, bf16, cfg.optimizer, cfg.loss_chunk,
-                            cfg.checkpoint_blocks)
+                            cfg.checkpoint_blocks, cfg.lanton, ddp)
     head = (f"{cfg.preset} (vocabulary {vocab}), {cfg.batch_size} x {cfg.seq_len} tokens a micro-batch, "
-            f"{'bfloat16 autocast' if bf16 else 'float32'}, {cfg.optimizer}: estimated peak memory a process")
+            f"{'bfloat16 autocast' if bf16 else 'float32'}, {cfg.optimizer}{' + LANTON' * cfg.lanton}"
+            f"{' under DDP' * ddp}: estimated peak memory a process")
     rows = [f"  {part:<20}{n / 1e9:8.2f} GB" for part, n in parts.items()]
-    return "\n".join([head, *rows, "(an estimate from the config; a GPU adds CUDA context, fragmentation)"])
+    note = ("(total: the first four rows, plus the largest moment: a forward's end (activations, bf16 weight\n"
+            "copies, loss in forward), a backward's start (activations, the copies not recomputed, the larger of\n"
+            "logits and loss and a recomputed block) or DDP's re-bucketing; an estimate from the config: a GPU\n"
+            "adds CUDA context, fragmentation)")
+    return "\n".join([head, *rows, note])
 
 
 def parse_args(argv):
@@ -460,7 +469,7 @@ def main(argv=None):
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
         if cfg.dry_run:
-            print(memory_report(cfg))
+            print0(memory_report(cfg))  # once under torchrun
             return 0
         summary = train(cfg)
     except (UsageError, FloatingPointError) as e:
