@@ -421,7 +421,7 @@ def test_recompute_under_load_times_both():
 # ---- bench.py gpu: the README's recipe on a GPU ----
 
 
-def test_gpu_without_cuda_is_one_line_and_exit_2(tmp_path):
+def test_the_gpu_section_without_a_gpu_is_one_line_and_exit_2(tmp_path):
     """python bench.py gpu where torch sees no GPU (hidden here, whatever the machine has): one line saying that a
     GPU is needed, exit status 2, nothing written."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
