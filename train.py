@@ -407,9 +407,7 @@ def train(cfg):
                             group["lr"] *= group["lr_scale"]
                 for optimizer in opts:
                     optimizer.step()
-                    # under DDP the gradients are views into its buckets (common.wrap_ddp): zeroed in place, they
-                    # stay so, and the micro-batches that do not all-reduce add into the buckets; set to None,
-                    # those would build a second copy of the gradients beside the buckets
+                    # DDP: zeroed in place, grads stay views into its buckets (no second copy; common.wrap_ddp)
                     optimizer.zero_grad(set_to_none=world == 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # so that dt times the step, not its launch
