@@ -135,8 +135,8 @@ NOT_IN_KEY = set(train.RUN_ONLY) - {"eval_interval", "eval_steps", "compile", "d
                                     "checkpoint_blocks"}
 # controls that enter a run's key only when set, so that adding one keys no run anew (llr_config's
 # fields by their dotted name)
-KEYED_IF_SET = {"embed_head_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False, "blockwise": False,
-                "llr.estimator": "hill"}
+KEYED_IF_SET = {"embed_head_lr": 1.0, "norm_lr": 1.0, "loss_chunk": 0, "checkpoint_blocks": False,
+                "blockwise": False, "llr.estimator": "hill"}
 # the official absolute cadence, whatever the run length
 FIXED_CADENCE = llr.LLRConfig(interval=40, ramp=20)
 RETRY = 30  # seconds between looks at runs another benchmark process holds
@@ -420,21 +420,25 @@ def studies(args):
     farms = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(estimator="farms"))
     farms_mean_one = lambda tuned: with_llr(tuned, llr_config=llr.LLRConfig(estimator="farms", mean_one=True))
 
-    def baselines(parent, base):
+    def baselines(parent, base, blockwise_variants={}):
         """The paper's layerwise baselines, each with its own LR sweep, read against parent's runs."""
-        for method, changes in (("LARS", dict(optimizer="lars")), ("LAMB", dict(optimizer="lamb")),
-                                ("blockwise", dict(blockwise=True))):
+        for method, changes, variants in (("LARS", dict(optimizer="lars"), {}),
+                                          ("LAMB", dict(optimizer="lamb"), {}),
+                                          ("blockwise", dict(blockwise=True), blockwise_variants)):
             yield dict(name=f"{parent}-{method.lower()}", method=method, needs=[parent], knob="lr",
                        base=lambda found, changes=changes: dataclasses.replace(base(found), **changes),
-                       grid=GRIDS[method.lower()], variants={}, vs=parent)
+                       grid=GRIDS[method.lower()], variants=variants, vs=parent)
 
     demo = lambda found: train.TrainConfig(log_interval=10**9, device="cpu")
     yield dict(name="demo", base=demo, knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr,
                          "uniform at lr=1e-3 (under-tuned)": lambda tuned: dict(lr=1e-3),
                          "LLR at lr=1e-3 (under-tuned)": lambda tuned: with_llr(tuned, lr=1e-3),
-                         "LLR with FARMS": farms, "LLR with FARMS, multipliers of mean 1": farms_mean_one})
-    yield from baselines("demo", demo)
+                         "LLR with FARMS": farms, "LLR with FARMS, multipliers of mean 1": farms_mean_one,
+                         # blockwise's norm gains (1x its base LR, 16x below the others' 4e-3) alone
+                         "uniform, norm gains at 1/16 of the LR": lambda tuned: dict(norm_lr=1 / 16)})
+    # and blockwise with its norm gains at uniform's 4e-3 (16x its tuned 2.5e-4)
+    yield from baselines("demo", demo, {"blockwise, norm gains at 16x": lambda tuned: dict(norm_lr=16.0)})
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR, fixed cadence 40/20": fixed_cadence,
                          "LLR, hard switching": hard,

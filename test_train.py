@@ -611,6 +611,7 @@ BAD_VALUES = [
     (["--max_steps=0"], "--max_steps"), (["--batch_size=0"], "--batch_size"), (["--seq_len=-1"], "--seq_len"),
     (["--eval_steps=0"], "--eval_steps"), (["--log_interval=0"], "--log_interval"), (["--lr=0"], "--lr"),
     (["--lr=nan"], "--lr"), (["--muon_lr=-0.02"], "--muon_lr"), (["--embed_head_lr=0"], "--embed_head_lr"),
+    (["--norm_lr=0"], "--norm_lr"),
     (["--embed_head_lr=-3"], "--embed_head_lr"), (["--total_batch_tokens=-1"], "--total_batch_tokens"),
     (["--weight_decay=-0.1"], "--weight_decay"), (["--weight_decay=nan"], "--weight_decay"),
     (["--grad_clip=-1"], "--grad_clip"), (["--grad_clip=nan"], "--grad_clip"), (["--eval_interval=-1"], "--eval_interval"),
@@ -962,6 +963,22 @@ def test_embed_head_lr_changes_only_the_embedding_and_head(optimizer):
     changed = {n for n in plain if raised[n] != plain[n]}
     assert changed == {"embed_tokens.weight", "lm_head.weight"}
     assert all(raised[n] == pytest.approx(3 * plain[n]) == pytest.approx(3e-3) for n in changed)
+
+
+@pytest.mark.parametrize("flags", [dict(optimizer="adamw"), dict(optimizer="muon"), dict(blockwise=True)])
+def test_norm_lr_changes_only_the_norm_gains(flags):
+    """--norm_lr=1/16: every 1-D tensor (the norm gains) starts at 1/16 of its peak without the flag, every
+    matrix keeps its own (AdamW's, Muon's or its blockwise ratio's)."""
+    def peaks(**kw):
+        cfg = T.TrainConfig(lr=1e-3, muon_lr=0.05, **flags, **kw)
+        model = LLaMA(dataclasses.replace(PRESETS["tiny"], vocab_size=320))
+        names = {id(p): (n, p.ndim) for n, p in model.named_parameters()}
+        return {names[id(g["params"][0])]: g["initial_lr"]
+                for o in T.build_optimizers(model, cfg, fused=False) for g in o.param_groups}
+    plain, lowered = peaks(), peaks(norm_lr=1 / 16)
+    changed = {n for n in plain if lowered[n] != plain[n]}
+    assert changed == {n for n in plain if n[1] == 1} and any("norm" in n[0] for n in changed)
+    assert all(lowered[n] == pytest.approx(plain[n] / 16) == pytest.approx(1e-3 / 16) for n in changed)
 
 
 def test_muon_llr_end_to_end_and_bitwise_resume(tmp_path, data_dir):

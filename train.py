@@ -54,6 +54,7 @@ class TrainConfig:  # each field: its default, its --help, and (where a --help s
                               choices=("original", "match_rms_adamw"))
     embed_head_lr: float = opt(1.0, "embedding and LM head at this multiple of --lr "
                                     "(a control; official: embed_lr)")
+    norm_lr: float = opt(1.0, "norm gains (every 1-D tensor) at this multiple of their AdamW LR (a control)")
     blockwise: bool = opt(False, "AdamW with fixed LR ratios by block type (q, k 8; v, o 4; MLP 6; "
                                  "embedding, head 10), the paper's 'Sharpness' baseline (baselines.py)")
     llr: bool = opt(False, "layerwise learning rates from each matrix's heavy-tail alpha",
@@ -89,7 +90,7 @@ def check_config(cfg):
     """Reject bad values early, with a message naming the key and what is allowed."""
     cli.check_choices(cfg)
     for key in ("max_steps", "batch_size", "seq_len", "eval_steps", "log_interval", "lr", "muon_lr",
-                "embed_head_lr"):
+                "embed_head_lr", "norm_lr"):
         if not getattr(cfg, key) > 0:  # NaN too
             raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
     for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after",
@@ -216,11 +217,12 @@ def build_optimizers(model, cfg, fused):
     covered = [id(p) for g in muon + adamw for p in g["params"]]
     assert sorted(covered) == sorted(id(p) for p in model.parameters()), "every parameter in one group"
     # each group's peak lr: the optimizer's, or embedding and head at --embed_head_lr times AdamW's,
-    # or --blockwise's ratio
+    # or --blockwise's ratio; norm gains then times --norm_lr
     for g in adamw:
         r = role[id(g["params"][0])]
-        g["initial_lr"] = cfg.lr * (blockwise_ratio(g["name"], r) if cfg.blockwise else
-                                    cfg.embed_head_lr if r in ("embed", "head") else 1)
+        g["initial_lr"] = (cfg.lr * (blockwise_ratio(g["name"], r) if cfg.blockwise else
+                                     cfg.embed_head_lr if r in ("embed", "head") else 1)
+                           * (cfg.norm_lr if r == "vector" else 1))
     for g in muon:
         g["initial_lr"] = cfg.muon_lr
     if cfg.optimizer in ("lars", "lamb"):  # every tensor, as the paper's code
