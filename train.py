@@ -91,12 +91,12 @@ def check_config(cfg):
     cli.check_choices(cfg)
     for key in ("max_steps", "batch_size", "seq_len", "eval_steps", "log_interval", "lr", "muon_lr",
                 "embed_head_lr", "norm_lr"):
-        if not getattr(cfg, key) > 0:  # NaN too
-            raise UsageError(f"--{key} must be positive, got {getattr(cfg, key)}")
+        if not 0 < getattr(cfg, key) < math.inf:  # NaN too
+            raise UsageError(f"--{key} must be positive and finite, got {getattr(cfg, key)}")
     for key in ("total_batch_tokens", "weight_decay", "grad_clip", "eval_interval", "stop_after",
                 "sample_tokens", "loss_chunk"):
-        if not getattr(cfg, key) >= 0:  # NaN too
-            raise UsageError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
+        if not 0 <= getattr(cfg, key) < math.inf:  # NaN too
+            raise UsageError(f"--{key} must be >= 0 and finite, got {getattr(cfg, key)}")
     if not 0 <= cfg.seed < 2**64:  # what torch.manual_seed takes
         raise UsageError(f"--seed must be in [0, 2**64), got {cfg.seed}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
