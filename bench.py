@@ -872,10 +872,10 @@ class RandomTokens:
 def gpu_step(preset, batch_size, seq_len, device, use_llr=False, compile=False, vocab=T5_VOCAB):
     """(model, step): step() runs one optimizer step of the recipe on device and returns its loss:
     one micro-batch of random tokens through train.py's own pieces (its model, optimizers and LLR;
-    forward and backward in bf16 autocast on CUDA), in its loop's order. The learning rates do not
-    change a step's time: no schedule."""
+    forward and backward in bf16 autocast on CUDA), in its loop's order."""
     cfg = train.TrainConfig(preset=preset, batch_size=batch_size, seq_len=seq_len,
-                            max_steps=RECIPE_STEPS, lr=6e-4, llr=use_llr, device=device.type)
+                            max_steps=RECIPE_STEPS, warmup_steps=RECIPE_STEPS // 10, lr=6e-4, llr=use_llr,
+                            device=device.type)
     torch.manual_seed(cfg.seed)
     model_cfg = dataclasses.replace(PRESETS[preset], vocab_size=vocab, max_seq_len=seq_len)
     model = LLaMA(model_cfg).to(device)
@@ -890,8 +890,7 @@ def gpu_step(preset, batch_size, seq_len, device, use_llr=False, compile=False, 
         loss = train.forward_backward(wrapped, data, 1, 1, device, amp)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         loss = loss.item()  # the loop's host sync, before the layerwise methods
-        for method in methods.values():
-            method.step(t[0])
+        train.set_lrs(t[0], cfg, opts, methods)
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)

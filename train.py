@@ -250,6 +250,23 @@ def lr_mult(step, cfg):
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_lrs(step, cfg, opts, methods):
+    """The one place where learning rates are set: the schedule x each layerwise method's lr_scale.
+    Returns {method: info} of the methods that recomputed at this step (per layer a measurement,
+    LLR's alpha or LANTON's noise, and a multiplier)."""
+    groups = [g for optimizer in opts for g in optimizer.param_groups]
+    mult = lr_mult(step, cfg)
+    for group in groups:
+        group["lr"] = group["initial_lr"] * mult
+    infos = {}
+    for name, method in methods.items():
+        if info := method.step(step):  # writes group['lr_scale'] on every group
+            infos[name] = info
+        for group in groups:
+            group["lr"] *= group["lr_scale"]
+    return infos
+
+
 # ---- evaluation ----
 
 def sample_tokenizer(meta):
@@ -393,20 +410,10 @@ def train(cfg):
                                              f"{step}; the last good checkpoint in {cfg.out_dir} is kept; "
                                              "try a lower --lr")
 
-                # the one place where learning rates are set: the schedule x each layerwise method's lr_scale
-                mult = lr_mult(step, cfg)
-                for optimizer in opts:
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["initial_lr"] * mult
-                for name, method in methods.items():
-                    info = method.step(step)  # writes group['lr_scale'] on every group
-                    if info:  # it recomputed: per layer a measurement (LLR: alpha, LANTON: noise), a multiplier
-                        metrics.write({"step": step, "method": name, **info})
-                        label, key = ("alpha", "alphas") if name == "llr" else ("noise", "noise")
-                        print0(layer_table(info[key], info["multipliers"], label=label))
-                    for optimizer in opts:
-                        for group in optimizer.param_groups:
-                            group["lr"] *= group["lr_scale"]
+                for name, info in set_lrs(step, cfg, opts, methods).items():
+                    metrics.write({"step": step, "method": name, **info})
+                    label, key = ("alpha", "alphas") if name == "llr" else ("noise", "noise")
+                    print0(layer_table(info[key], info["multipliers"], label=label))
                 for optimizer in opts:
                     optimizer.step()
                     # DDP: zeroed in place, grads stay views into its buckets (no second copy; common.wrap_ddp)
@@ -415,8 +422,8 @@ def train(cfg):
                     torch.cuda.synchronize()  # so that dt times the step, not its launch
                 dt = time.perf_counter() - t0
                 train_time += dt
+                lr = cfg.lr * lr_mult(step, cfg)  # this step's base learning rate
                 step += 1
-                lr = cfg.lr * mult  # the base learning rate of this step
                 metrics.write({"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                                "ms": 1000 * dt})
                 if step % cfg.log_interval == 0 or step == cfg.max_steps:
