@@ -437,8 +437,12 @@ def studies(args):
                          "LLR with FARMS": farms, "LLR with FARMS, multipliers of mean 1": farms_mean_one,
                          # blockwise's norm gains (1x its base LR, 16x below the others' 4e-3) alone
                          "uniform, norm gains at 1/16 of the LR": lambda tuned: dict(norm_lr=1 / 16)})
-    # and blockwise with its norm gains at uniform's 4e-3 (16x its tuned 2.5e-4)
-    yield from baselines("demo", demo, {"blockwise, norm gains at 16x": lambda tuned: dict(norm_lr=16.0)})
+    # and blockwise with its norm gains at uniform's 4e-3 (16x its tuned 2.5e-4); blockwise with one
+    # ratio, the MLP's 6, for every matrix (embedding and head at 10, norm gains at 1, as blockwise)
+    yield from baselines("demo", demo, {
+        "blockwise, norm gains at 16x": lambda tuned: dict(norm_lr=16.0),
+        "blockwise, every matrix at 6x": lambda tuned: dict(blockwise=False, lr=6 * tuned,
+                                                            embed_head_lr=10 / 6, norm_lr=1 / 6)})
     yield dict(name="tiny-adamw", base=lambda found: base("tiny"), knob="lr", grid=GRIDS["lr"],
                variants={"LLR": with_llr, "LLR, fixed cadence 40/20": fixed_cadence,
                          "LLR, hard switching": hard,
