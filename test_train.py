@@ -723,6 +723,19 @@ def test_help_lists_every_field_with_its_default_and_help():
     assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 
 
+def test_training_md_lists_every_flag_with_its_default():
+    """TRAINING.md's table of flags names every option of train.py (and the new ones' defaults)."""
+    with open("TRAINING.md") as f:
+        rows = [line.split(" | ") for line in f if line.startswith("| `--")]
+    listed = {name.strip("`"): row[1] for row in rows for name in row[0].lstrip("| ").split(", ")}
+    for prefix, cfg in [("", T.TrainConfig()), ("llr_", llr.LLRConfig()), ("lanton_", lanton.LANTONConfig())]:
+        for f in dataclasses.fields(cfg):
+            if f.name.endswith("_config"):
+                continue
+            assert f"--{prefix}{f.name}" in listed, f"TRAINING.md lists no --{prefix}{f.name}"
+    assert listed["--norm_lr"] == "1" and listed["--blockwise"] == "off" and listed["--llr_estimator"] == "`hill`"
+
+
 def counting(tensors):
     """A LiveBytes that counts these tensors' storages as live from the start, until they are freed."""
     live = LiveBytes()
