@@ -723,7 +723,7 @@ def test_help_lists_every_field_with_its_default_and_help():
     assert text.index("model and data:") < text.index("optimization:") < text.index("LLR (arXiv") < text.index("LANTON (arXiv") < text.index("run:")
 
 
-def test_training_md_lists_every_flag_with_its_default():
+def test_training_md_lists_every_flag():
     """TRAINING.md's table of flags names every option of train.py (and the new ones' defaults)."""
     with open("TRAINING.md") as f:
         rows = [line.split(" | ") for line in f if line.startswith("| `--")]
