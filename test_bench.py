@@ -21,6 +21,8 @@ import torch
 
 import bench
 import llr
+import train
+from model import LLaMA, PRESETS
 from conftest import run, started, wait_for_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -153,6 +155,28 @@ def study_tables(path):
 
 
 OTHER_STUDY = re.compile(r"\(`([\w-]+)`\)$")  # a table line that shows another study's row or sweep
+
+
+def test_demo_blockwise_variants_change_only_what_their_labels_say():
+    """The two rows that ask why blockwise wins in demo, as initial LRs per tensor at its tuned 2.5e-4:
+    norm gains at 16x changes the norm gains alone; every matrix at 6x changes the hidden matrices alone,
+    to the MLP's 6x, and keeps embedding, head and norm gains where blockwise has them."""
+    study = next(s for s in bench.studies(None) if s["name"] == "demo-blockwise")
+    blockwise = dataclasses.replace(study["base"]({}), lr=2.5e-4)
+    model = LLaMA(dataclasses.replace(PRESETS["tiny"], vocab_size=320))
+    role = {n: llr.roles(model)[id(p)] for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def peaks(cfg):
+        return {names[id(g["params"][0])]: g["initial_lr"]
+                for o in train.build_optimizers(model, cfg, fused=False) for g in o.param_groups}
+    base = peaks(blockwise)
+    for label, want in [("blockwise, norm gains at 16x", lambda n: base[n] * (16 if role[n] == "vector" else 1)),
+                        ("blockwise, every matrix at 6x", lambda n: 1.5e-3 if role[n] == "hidden" else base[n])]:
+        got = peaks(dataclasses.replace(blockwise, **study["variants"][label](2.5e-4)))
+        assert got.keys() == base.keys()
+        assert all(got[n] == pytest.approx(want(n), rel=1e-12) for n in base), label
+    assert {role[n] for n in base if base[n] == pytest.approx(2.5e-4)} == {"vector"}
 
 
 def test_results_tables_are_the_quality_files():
