@@ -301,9 +301,10 @@ def estimate_memory(cfg, batch_size, seq_len, bf16, optimizer="adamw", loss_chun
         # gradients) are filled from the old ones, and both are held at once
         "DDP re-bucketing": 4 * n if ddp else 0,
     }
-    p = parts
-    moments = [p["activations"] + copies + p["loss in forward"],
-               p["activations"] + saved_copies + max(p["logits and loss"], p["recomputed block"]),
-               p["DDP re-bucketing"]]
-    parts["total"] = p["weights"] + p["grads"] + p["optimizer"] + p["LANTON grad copy"] + max(moments)
+    held = parts["activations"]
+    moments = [held + copies + parts["loss in forward"],
+               held + saved_copies + max(parts["logits and loss"], parts["recomputed block"]),
+               parts["DDP re-bucketing"]]
+    throughout = parts["weights"] + parts["grads"] + parts["optimizer"] + parts["LANTON grad copy"]
+    parts["total"] = throughout + max(moments)
     return parts
